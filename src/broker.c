@@ -1,0 +1,781 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker: accepted peers, the routing index (topic -> fan-out members
+ * and consumer groups), and per-peer write queues with their byte cap.
+ *
+ * Each publish is stamped and encoded once; the fan-out frame is one chunk
+ * shared by every receiving queue, and each group gets one chunk for its
+ * chosen member. The broker itself takes part as the peer "self" (id 0, no
+ * fd): its own subscriptions are memberships like any other, so that it is
+ * first in every group's member list, as Mastra's broker is.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- the routing index ---- */
+
+static struct btopic *topic_find(usps *ps, const char *name, size_t len)
+{
+	uint64_t h = usps__hash(name, len, ps->hash_seed);
+
+	for (struct hnode *n = usps__hmap_first(&ps->topics, h); n;
+	     n = usps__hmap_next(n)) {
+		struct btopic *t = (struct btopic *)n;
+
+		if (t->len == len && !memcmp(t->name, name, len))
+			return t;
+	}
+	return NULL;
+}
+
+static struct btopic *topic_get(usps *ps, const char *name, size_t len)
+{
+	struct btopic *t = topic_find(ps, name, len);
+
+	if (t)
+		return t;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->name = malloc(len + 1);
+	if (!t->name) {
+		free(t);
+		return NULL;
+	}
+	memcpy(t->name, name, len);
+	t->name[len] = '\0';
+	t->len = len;
+	t->node.hash = usps__hash(name, len, ps->hash_seed);
+	if (usps__hmap_add(&ps->topics, &t->node) < 0) {
+		free(t->name);
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+static void group_free(struct bgroup *g)
+{
+	free(g->name);
+	free(g->mem);
+	free(g);
+}
+
+static void topic_maybe_free(usps *ps, struct btopic *t)
+{
+	if (t->nfan || t->ngroups)
+		return;
+	usps__hmap_del(&ps->topics, &t->node);
+	free(t->fan);
+	free(t->groups);
+	free(t->name);
+	free(t);
+}
+
+/* Insert @p into the id-ordered list @arr unless present. 1 added, 0 was
+ * there, -ENOMEM. */
+static int list_add(struct peer ***arr, size_t *n, size_t *cap,
+		    struct peer *p)
+{
+	size_t i;
+
+	for (i = 0; i < *n; i++) {
+		if ((*arr)[i] == p)
+			return 0;
+		if ((*arr)[i]->id > p->id)
+			break;
+	}
+	if (*n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 4;
+		struct peer **a = realloc(*arr, nc * sizeof(*a));
+
+		if (!a)
+			return -ENOMEM;
+		*arr = a;
+		*cap = nc;
+	}
+	memmove(*arr + i + 1, *arr + i, (*n - i) * sizeof(**arr));
+	(*arr)[i] = p;
+	(*n)++;
+	return 1;
+}
+
+/* Remove @p from @arr keeping the order. 1 removed, 0 absent. */
+static int list_del(struct peer **arr, size_t *n, struct peer *p)
+{
+	for (size_t i = 0; i < *n; i++) {
+		if (arr[i] == p) {
+			memmove(arr + i, arr + i + 1,
+				(*n - i - 1) * sizeof(*arr));
+			(*n)--;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static struct bgroup *group_find(struct btopic *t, const char *name,
+				 size_t len, size_t *ret_idx)
+{
+	for (size_t i = 0; i < t->ngroups; i++) {
+		struct bgroup *g = t->groups[i];
+
+		if (g->len == len && !memcmp(g->name, name, len)) {
+			if (ret_idx)
+				*ret_idx = i;
+			return g;
+		}
+	}
+	return NULL;
+}
+
+static struct bgroup *group_get(struct btopic *t, const char *name, size_t len)
+{
+	struct bgroup *g = group_find(t, name, len, NULL);
+
+	if (g)
+		return g;
+	if (t->ngroups == t->capgroups) {
+		size_t nc = t->capgroups ? t->capgroups * 2 : 2;
+		struct bgroup **a = realloc(t->groups, nc * sizeof(*a));
+
+		if (!a)
+			return NULL;
+		t->groups = a;
+		t->capgroups = nc;
+	}
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		return NULL;
+	g->name = malloc(len + 1);
+	if (!g->name) {
+		free(g);
+		return NULL;
+	}
+	memcpy(g->name, name, len);
+	g->name[len] = '\0';
+	g->len = len;
+	t->groups[t->ngroups++] = g;
+	return g;
+}
+
+static void group_drop(struct btopic *t, size_t idx)
+{
+	group_free(t->groups[idx]);
+	memmove(t->groups + idx, t->groups + idx + 1,
+		(t->ngroups - idx - 1) * sizeof(*t->groups));
+	t->ngroups--;
+}
+
+int usps__broker_member(usps *ps, struct peer *p, bool add, const char *topic,
+			size_t tlen, const char *group, size_t glen)
+{
+	struct btopic *t;
+	int r;
+
+	if (!add) {
+		size_t idx;
+		struct bgroup *g;
+
+		t = topic_find(ps, topic, tlen);
+		if (!t)
+			return 0;
+		if (!group) {
+			r = list_del(t->fan, &t->nfan, p);
+		} else {
+			g = group_find(t, group, glen, &idx);
+			r = g ? list_del(g->mem, &g->n, p) : 0;
+			/* The cursor goes with the last member (Mastra). */
+			if (g && !g->n)
+				group_drop(t, idx);
+		}
+		if (r > 0)
+			p->nmem--;
+		topic_maybe_free(ps, t);
+		return 0;
+	}
+	t = topic_get(ps, topic, tlen);
+	if (!t)
+		return -ENOMEM;
+	if (!group) {
+		r = list_add(&t->fan, &t->nfan, &t->capfan, p);
+	} else {
+		struct bgroup *g = group_get(t, group, glen);
+
+		r = g ? list_add(&g->mem, &g->n, &g->cap, p) : -ENOMEM;
+		if (g && !g->n) {
+			size_t idx = 0;
+
+			if (group_find(t, group, glen, &idx))
+				group_drop(t, idx);
+		}
+	}
+	if (r > 0)
+		p->nmem++;
+	topic_maybe_free(ps, t);
+	return r < 0 ? r : 0;
+}
+
+/* Remove every membership of @p (it is gone). */
+static void drop_memberships(usps *ps, struct peer *p)
+{
+	for (size_t b = 0; b < ps->topics.nb && p->nmem; b++) {
+		struct hnode *n = ps->topics.b[b];
+
+		while (n && p->nmem) {
+			struct btopic *t = (struct btopic *)n;
+
+			n = n->next; /* t may be freed below */
+			if (list_del(t->fan, &t->nfan, p))
+				p->nmem--;
+			for (size_t i = t->ngroups; i-- > 0;) {
+				struct bgroup *g = t->groups[i];
+
+				if (list_del(g->mem, &g->n, p))
+					p->nmem--;
+				if (!g->n)
+					group_drop(t, i);
+			}
+			topic_maybe_free(ps, t);
+		}
+	}
+}
+
+int usps__broker_adopt_keys(usps *ps)
+{
+	for (size_t b = 0; b < ps->keys.nb; b++) {
+		for (struct hnode *n = ps->keys.b[b]; n; n = n->next) {
+			struct key *k = (struct key *)n;
+			int r;
+
+			if (!k->nsubs)
+				continue;
+			r = usps__broker_member(ps, &ps->self, true, k->topic,
+						k->topic_len, k->group,
+						k->group_len);
+			if (r < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
+/* ---- peers ---- */
+
+static void intake_update(usps *ps);
+
+static void set_congested(usps *ps, struct peer *p, bool on)
+{
+	if (p->congested == on)
+		return;
+	p->congested = on;
+	if (on) {
+		ps->ncongested++;
+		p->progress_ms = usps__now_ms();
+	} else {
+		ps->ncongested--;
+	}
+	intake_update(ps);
+}
+
+static void peer_kill(usps *ps, struct peer *p)
+{
+	if (p->dead || p == &ps->self)
+		return;
+	p->dead = true;
+	ps->reap_pending = true;
+	set_congested(ps, p, false);
+}
+
+static void peer_free(struct peer *p)
+{
+	if (p->fd >= 0)
+		close(p->fd);
+	usps__reader_free(&p->rd);
+	usps__wq_free(&p->wq);
+	free(p);
+}
+
+void usps__broker_reap(usps *ps)
+{
+	size_t j = 0;
+
+	if (!ps->reap_pending)
+		return;
+	ps->reap_pending = false;
+	/* Dead peers may sit in the dirty list: unlink them first. */
+	for (struct peer **pp = &ps->dirty; *pp;) {
+		if ((*pp)->dead) {
+			(*pp)->dirty = false;
+			*pp = (*pp)->dirty_next;
+		} else {
+			pp = &(*pp)->dirty_next;
+		}
+	}
+	for (size_t i = 0; i < ps->npeers; i++) {
+		struct peer *p = ps->peers[i];
+
+		if (!p->dead) {
+			ps->peers[j++] = p;
+			continue;
+		}
+		drop_memberships(ps, p);
+		peer_free(p);
+	}
+	ps->npeers = j;
+	if (ps->flush_waiters)
+		pthread_cond_broadcast(&ps->cond);
+}
+
+void usps__broker_reset(usps *ps)
+{
+	for (size_t i = 0; i < ps->npeers; i++)
+		peer_kill(ps, ps->peers[i]);
+	ps->reap_pending = true;
+	usps__broker_reap(ps);
+	free(ps->peers);
+	ps->peers = NULL;
+	ps->npeers = ps->cappeers = 0;
+	/* Whatever is left are the broker's own memberships. */
+	drop_memberships(ps, &ps->self);
+	ps->self.nmem = 0;
+	ps->dirty = NULL;
+	ps->intake_paused = false;
+}
+
+static void mark_dirty(usps *ps, struct peer *p)
+{
+	if (p->dirty)
+		return;
+	p->dirty = true;
+	p->dirty_next = ps->dirty;
+	ps->dirty = p;
+}
+
+static void peer_flush(usps *ps, struct peer *p);
+
+/*
+ * Queue @c to @p. The cap is on bytes not yet written, so a queue about to
+ * pass it is written out first; a peer still over it has stopped reading:
+ * drop it.
+ */
+static void peer_send(usps *ps, struct peer *p, struct usps__chunk *c)
+{
+	uint64_t cap = ps->opt.max_client_queued_bytes;
+
+	if (p->dead)
+		return;
+	if (p->wq.queued_bytes + c->len > cap) {
+		peer_flush(ps, p);
+		if (p->dead)
+			return;
+	}
+	if (p->wq.queued_bytes + c->len > cap ||
+	    usps__wq_push(&p->wq, c) < 0) {
+		peer_kill(ps, p);
+		return;
+	}
+	if (p->wq.queued_bytes > cap / 2)
+		set_congested(ps, p, true);
+	mark_dirty(ps, p);
+}
+
+static void peer_events(usps *ps, struct peer *p)
+{
+	uint32_t ev = (ps->intake_paused ? 0 : EPOLLIN) |
+		      (p->want_out ? EPOLLOUT : 0);
+
+	(void)usps__engine_watch_fd(ps, p->fd, &p->ioh, ev, true);
+}
+
+static void set_out(usps *ps, struct peer *p, bool on)
+{
+	if (p->want_out == on)
+		return;
+	p->want_out = on;
+	peer_events(ps, p);
+}
+
+static void peer_flush(usps *ps, struct peer *p)
+{
+	uint64_t before = p->wq.written_total;
+	int r = usps__wq_flush(&p->wq, p->fd);
+
+	if (p->wq.written_total != before)
+		p->progress_ms = usps__now_ms();
+	if (r == 0)
+		set_out(ps, p, false);
+	else if (r == -EAGAIN)
+		set_out(ps, p, true);
+	else
+		peer_kill(ps, p);
+	if (p->congested &&
+	    p->wq.queued_bytes <= ps->opt.max_client_queued_bytes / 4)
+		set_congested(ps, p, false);
+}
+
+/* Start or stop reading every peer, as congestion requires. */
+static void intake_update(usps *ps)
+{
+	bool pause = ps->ncongested > 0;
+
+	if (pause == ps->intake_paused)
+		return;
+	ps->intake_paused = pause;
+	for (size_t i = 0; i < ps->npeers; i++)
+		if (!ps->peers[i]->dead)
+			peer_events(ps, ps->peers[i]);
+}
+
+void usps__broker_flush_dirty(usps *ps)
+{
+	while (ps->dirty) {
+		struct peer *p = ps->dirty;
+
+		ps->dirty = p->dirty_next;
+		p->dirty = false;
+		if (!p->dead)
+			peer_flush(ps, p);
+	}
+	if (ps->flush_waiters)
+		pthread_cond_broadcast(&ps->cond);
+}
+
+/* ---- routing ---- */
+
+/* Deliver the frame in chunk @c to the broker's own subscriptions. */
+static void self_deliver(usps *ps, struct usps__chunk *c)
+{
+	struct usps__frame f;
+	size_t n = c->len - 1; /* without '\n' */
+
+	if (usps__wire_parse(c->data, n, &f) == 0)
+		(void)usps__deliver_line(ps, c->data, n, &f);
+}
+
+static void send_to(usps *ps, struct peer *p, struct usps__chunk *c)
+{
+	if (p == &ps->self)
+		self_deliver(ps, c);
+	else
+		peer_send(ps, p, c);
+}
+
+/* A chunk of the head in ps->scratch[0..head) plus @tail. */
+static struct usps__chunk *make_chunk(usps *ps, size_t head,
+				      struct usps__span group)
+{
+	struct usps__chunk *c = NULL;
+	int r;
+
+	ps->scratch.len = head;
+	r = group.n ? usps__wire_put_group_tail(&ps->scratch, group)
+		    : usps__buf_put(&ps->scratch, "}\n", 2);
+	if (r == 0)
+		c = usps__chunk_new(ps->scratch.p, ps->scratch.len);
+	ps->scratch.len = head;
+	return c;
+}
+
+static bool is_member(struct peer **arr, size_t n, const struct peer *p)
+{
+	for (size_t i = 0; i < n; i++)
+		if (arr[i] == p)
+			return true;
+	return false;
+}
+
+void usps__broker_publish(usps *ps, struct peer *from,
+			  const struct usps__frame *f)
+{
+	char small[256], *topic = small;
+	struct usps__buf gname = { 0 };
+	struct usps__chunk *c;
+	struct btopic *t;
+	char uuid[37];
+	size_t tlen, head;
+
+	if (usps__json_kind(f->topic) != USPS__J_STRING)
+		return;
+	if (f->topic.n > sizeof(small)) {
+		topic = malloc(f->topic.n);
+		if (!topic)
+			return;
+	}
+	if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
+		goto out;
+	t = topic_find(ps, topic, tlen);
+	if (!t)
+		goto out;
+	if (usps__uuid4(&ps->uuid, uuid) < 0)
+		goto out;
+	ps->scratch.len = 0;
+	if (usps__wire_put_event_head(&ps->scratch, f->topic, f->event, uuid,
+				      usps__wall_ms()) < 0)
+		goto out;
+	head = ps->scratch.len;
+
+	if (f->local_only) {
+		/* Legacy client localOnly: the broker's own fan-out and an
+		 * echo to the sender only (spec §2.2). */
+		if (!t->nfan)
+			goto out;
+		c = make_chunk(ps, head, (struct usps__span){ 0 });
+		if (!c)
+			goto out;
+		if (is_member(t->fan, t->nfan, &ps->self))
+			self_deliver(ps, c);
+		if (from != &ps->self && is_member(t->fan, t->nfan, from))
+			peer_send(ps, from, c);
+		usps__chunk_unref(c);
+		goto out;
+	}
+	if (t->nfan) {
+		c = make_chunk(ps, head, (struct usps__span){ 0 });
+		if (!c)
+			goto out;
+		/* send_to may drop peers (marked dead, freed later), and the
+		 * broker's handlers never run here, so t stays valid. */
+		for (size_t i = 0; i < t->nfan; i++)
+			send_to(ps, t->fan[i], c);
+		usps__chunk_unref(c);
+	}
+	for (size_t i = 0; i < t->ngroups; i++) {
+		struct bgroup *g = t->groups[i];
+		struct peer *p = NULL;
+		size_t live = 0, pick;
+
+		for (size_t j = 0; j < g->n; j++)
+			live += !g->mem[j]->dead;
+		if (!live)
+			continue;
+		pick = g->cursor % live;
+		g->cursor = (pick + 1) % live;
+		for (size_t j = 0; j < g->n; j++) {
+			if (g->mem[j]->dead)
+				continue;
+			if (!pick--) {
+				p = g->mem[j];
+				break;
+			}
+		}
+		gname.len = 0;
+		if (usps__json_put_string(&gname, g->name, g->len) < 0)
+			continue;
+		c = make_chunk(ps, head, (struct usps__span){ gname.p,
+							      gname.len });
+		if (!c)
+			continue;
+		send_to(ps, p, c);
+		usps__chunk_unref(c);
+	}
+out:
+	usps__buf_free(&gname);
+	if (topic != small)
+		free(topic);
+}
+
+/* ---- frames from peers ---- */
+
+static void send_ack(usps *ps, struct peer *p, const struct usps__frame *f,
+		     bool unsub)
+{
+	struct usps__span group = f->group;
+	struct usps__chunk *c;
+
+	/* The ack echoes "group" unless it was absent or undefined. */
+	if (f->group_kind == USPS__OPT_UNDEFINED)
+		group.n = 0;
+	ps->scratch.len = 0;
+	if (usps__wire_put_ack(&ps->scratch, unsub, f->topic, group) < 0)
+		return;
+	c = usps__chunk_new(ps->scratch.p, ps->scratch.len);
+	if (!c)
+		return;
+	peer_send(ps, p, c);
+	usps__chunk_unref(c);
+}
+
+static void membership(usps *ps, struct peer *p, const struct usps__frame *f,
+		       bool unsub)
+{
+	char tsmall[256], gsmall[256], *topic = tsmall, *group = NULL;
+	size_t tlen, glen = 0;
+
+	if (usps__json_kind(f->topic) != USPS__J_STRING)
+		goto ack; /* keyed by a non-string: nothing can match it */
+	if (f->group_kind == USPS__OPT_OTHER)
+		goto ack;
+	if (f->topic.n > sizeof(tsmall) && !(topic = malloc(f->topic.n)))
+		goto ack;
+	if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
+		goto ack;
+	if (f->group_kind == USPS__OPT_STRING) {
+		group = f->group.n > sizeof(gsmall) ? malloc(f->group.n)
+						    : gsmall;
+		if (!group ||
+		    usps__json_string_decode(f->group, group, &glen) < 0)
+			goto ack;
+	}
+	if (!unsub && p->nmem >= ps->opt.max_memberships_per_client)
+		goto ack; /* over the cap: acknowledged, not recorded */
+	(void)usps__broker_member(ps, p, !unsub, topic, tlen, group, glen);
+ack:
+	send_ack(ps, p, f, unsub);
+	if (topic != tsmall)
+		free(topic);
+	if (group != gsmall)
+		free(group);
+}
+
+static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
+{
+	struct usps__frame f;
+
+	if (usps__wire_parse(line, n, &f) < 0)
+		return; /* malformed lines are dropped; the peer stays */
+	switch (f.type) {
+	case USPS__F_SUBSCRIBE:
+		membership(ps, p, &f, false);
+		break;
+	case USPS__F_UNSUBSCRIBE:
+		membership(ps, p, &f, true);
+		break;
+	case USPS__F_PUBLISH:
+		usps__broker_publish(ps, p, &f);
+		break;
+	default:
+		break; /* acks, nacks, events, unknown: ignored */
+	}
+}
+
+/* Handle the complete lines @p has sent, until intake closes. */
+static void peer_lines(usps *ps, struct peer *p)
+{
+	const char *line;
+	size_t n;
+	int r;
+
+	p->has_lines = false;
+	while (!p->dead) {
+		if (!usps__broker_intake_open(ps)) {
+			p->has_lines = true;
+			return;
+		}
+		r = usps__reader_next(&p->rd, &line, &n);
+		if (r == 0)
+			return;
+		if (r < 0) {
+			peer_kill(ps, p); /* oversized frame */
+			return;
+		}
+		handle_line(ps, p, line, n);
+	}
+}
+
+void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events)
+{
+	if (p->dead)
+		return;
+	if ((events & EPOLLOUT) && !p->dead)
+		peer_flush(ps, p);
+	/* A hang-up is read even while intake is paused, to reap the peer. */
+	if ((events & (EPOLLHUP | EPOLLERR)) ||
+	    ((events & EPOLLIN) && !p->has_lines &&
+	     usps__broker_intake_open(ps))) {
+		/* A few reads per turn, so that one busy peer cannot starve
+		 * the others. */
+		for (int i = 0; i < 4 && !p->dead && !p->has_lines; i++) {
+			ssize_t got = usps__reader_fill(&p->rd, p->fd);
+
+			if (got == -EAGAIN)
+				break;
+			if (got <= 0) {
+				peer_kill(ps, p);
+				return;
+			}
+			peer_lines(ps, p);
+		}
+	}
+}
+
+void usps__broker_tick(usps *ps)
+{
+	int64_t now = usps__now_ms();
+
+	if (ps->ncongested) {
+		for (size_t i = 0; i < ps->npeers; i++) {
+			struct peer *p = ps->peers[i];
+
+			if (p->congested && !p->dead &&
+			    now - p->progress_ms >= USPS__STALL_MS)
+				peer_kill(ps, p); /* it stopped reading */
+		}
+	}
+	/* Lines read before intake closed wait for it to open again; no
+	 * new data may come to wake us for them. */
+	for (size_t i = 0; i < ps->npeers && usps__broker_intake_open(ps);
+	     i++)
+		if (ps->peers[i]->has_lines && !ps->peers[i]->dead)
+			peer_lines(ps, ps->peers[i]);
+}
+
+int usps__broker_accept(usps *ps)
+{
+	for (;;) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		struct peer *p;
+		int fd = accept4(ps->listenfd, NULL, NULL,
+				 SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return errno == EAGAIN ? 0 : -errno;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+		    (cred.uid != ps->uid && cred.uid != 0 &&
+		     (ps->opt.allow_uid < 0 ||
+		      cred.uid != (uid_t)ps->opt.allow_uid)) ||
+		    ps->npeers >= ps->opt.max_clients) {
+			close(fd);
+			continue;
+		}
+		if (ps->npeers == ps->cappeers) {
+			size_t nc = ps->cappeers ? ps->cappeers * 2 : 8;
+			struct peer **a = realloc(ps->peers, nc * sizeof(*a));
+
+			if (!a) {
+				close(fd);
+				continue;
+			}
+			ps->peers = a;
+			ps->cappeers = nc;
+		}
+		p = calloc(1, sizeof(*p));
+		if (!p) {
+			close(fd);
+			continue;
+		}
+		p->ioh.kind = IOH_PEER;
+		p->id = ++ps->next_peer_id;
+		p->fd = fd;
+		p->pid = cred.pid;
+		p->uid = cred.uid;
+		usps__reader_init(&p->rd, ps->opt.max_inbound_frame_bytes);
+		usps__wq_init(&p->wq);
+		if (usps__engine_watch_fd(ps, fd, &p->ioh, EPOLLIN, false) < 0) {
+			peer_free(p);
+			continue;
+		}
+		ps->peers[ps->npeers++] = p;
+	}
+}

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The client side: the connection to the broker, membership frames and
+ * their acknowledgements, resubscription after every (re)connect, and
+ * incoming events handed to the registry.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void conn_events(usps *ps)
+{
+	uint32_t ev = ps->conn_paused ? 0 : EPOLLIN;
+
+	if (ps->conn_want_out)
+		ev |= EPOLLOUT;
+	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
+}
+
+/* Write what the connection's queue holds; note when it is all out. */
+static void conn_flush(usps *ps)
+{
+	int r = usps__wq_flush(&ps->conn_wq, ps->connfd);
+	bool want_out = r == -EAGAIN;
+
+	if (r < 0 && r != -EAGAIN) {
+		usps__client_lost(ps);
+		return;
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&ps->out_lock);
+		if (ps->out_done < ps->conn_out_end) {
+			ps->out_done = ps->conn_out_end;
+			pthread_cond_broadcast(&ps->out_cond);
+		}
+		pthread_mutex_unlock(&ps->out_lock);
+	}
+	if (want_out != ps->conn_want_out) {
+		ps->conn_want_out = want_out;
+		conn_events(ps);
+	}
+}
+
+static int conn_send(usps *ps, const struct usps__buf *b)
+{
+	struct usps__chunk *c = usps__chunk_new(b->p, b->len);
+	int r;
+
+	if (!c)
+		return -ENOMEM;
+	r = usps__wq_push(&ps->conn_wq, c);
+	usps__chunk_unref(c);
+	return r;
+}
+
+int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
+{
+	int r;
+
+	if (ps->role != ROLE_CLIENT)
+		return -ENOTCONN;
+	ps->scratch.len = 0;
+	r = usps__wire_put_membership(&ps->scratch, unsubscribe, k->topic,
+				      k->topic_len, k->group, k->group_len);
+	if (r == 0)
+		r = conn_send(ps, &ps->scratch);
+	if (r < 0)
+		return r;
+	if (unsubscribe)
+		k->unsub_sent++;
+	else
+		k->sub_sent++;
+	conn_flush(ps);
+	return 0;
+}
+
+/* Bytes queued on the connection past which the outbox is left alone, so
+ * that a broker applying back-pressure makes usps_publish() wait. */
+#define CONN_QUEUE_MAX (4u << 20)
+
+/* The outbox's bytes go out on the connection, behind memberships. */
+void usps__client_take_outbox(usps *ps)
+{
+	struct usps__chunk *c = NULL;
+
+	if (ps->conn_wq.queued_bytes >= CONN_QUEUE_MAX)
+		return;
+	pthread_mutex_lock(&ps->out_lock);
+	if (ps->outbox.len) {
+		c = usps__chunk_new(ps->outbox.p, ps->outbox.len);
+		if (c) {
+			ps->out_taken += ps->outbox.len;
+			ps->outbox.len = 0;
+			pthread_cond_broadcast(&ps->out_cond);
+		}
+	}
+	pthread_mutex_unlock(&ps->out_lock);
+	if (!c)
+		return;
+	if (usps__wq_push(&ps->conn_wq, c) == 0)
+		ps->conn_out_end = ps->out_taken;
+	usps__chunk_unref(c);
+	conn_flush(ps);
+}
+
+int usps__client_start(usps *ps, int fd, pid_t broker_pid)
+{
+	int r;
+
+	ps->connfd = fd;
+	ps->conn_want_out = false;
+	ps->conn_paused = false;
+	usps__reader_init(&ps->conn_rd, ps->opt.max_inbound_frame_bytes);
+	usps__wq_init(&ps->conn_wq);
+	r = usps__engine_watch_fd(ps, fd, &ps->conn_ioh, EPOLLIN, false);
+	if (r < 0) {
+		close(fd);
+		ps->connfd = -1;
+		usps__reader_free(&ps->conn_rd);
+		return r;
+	}
+	ps->broker_pid = broker_pid;
+	usps__engine_set_role(ps, ROLE_CLIENT);
+	/* Announce every membership again; waiters are released by the acks
+	 * of these frames. Unsubscribes in flight are moot on a new broker. */
+	for (size_t b = 0; b < ps->keys.nb; b++) {
+		for (struct hnode *n = ps->keys.b[b]; n; n = n->next) {
+			struct key *k = (struct key *)n;
+
+			k->sub_base = k->sub_sent;
+			k->sub_conn_acks = 0;
+			k->unsub_base = k->unsub_sent;
+			k->unsub_conn_acks = 0;
+			k->unsub_acked = k->unsub_sent;
+			if (k->nsubs && ps->role == ROLE_CLIENT)
+				(void)usps__client_send_membership(ps, k,
+								   false);
+		}
+	}
+	pthread_cond_broadcast(&ps->cond);
+	return 0;
+}
+
+void usps__client_lost(usps *ps)
+{
+	if (ps->role != ROLE_CLIENT)
+		return;
+	close(ps->connfd); /* also leaves the epoll set */
+	ps->connfd = -1;
+	usps__reader_free(&ps->conn_rd);
+	/* Publishes written to a dead broker are lost (at-most-once). */
+	usps__wq_free(&ps->conn_wq);
+	pthread_mutex_lock(&ps->out_lock);
+	if (ps->out_done < ps->conn_out_end) {
+		ps->out_done = ps->conn_out_end;
+		pthread_cond_broadcast(&ps->out_cond);
+	}
+	pthread_mutex_unlock(&ps->out_lock);
+	ps->broker_pid = 0;
+	usps__engine_rejoin(ps, 0);
+}
+
+static void handle_ack(usps *ps, const struct usps__frame *f, bool unsub)
+{
+	char tbuf[256], gbuf[256];
+	char *topic = tbuf, *group = NULL;
+	size_t tlen, glen = 0;
+	struct key *k;
+
+	if (usps__json_kind(f->topic) != USPS__J_STRING)
+		return;
+	if (f->topic.n > sizeof(tbuf) && !(topic = malloc(f->topic.n)))
+		return;
+	if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
+		goto out;
+	if (f->group_kind == USPS__OPT_STRING) {
+		group = f->group.n > sizeof(gbuf) ? malloc(f->group.n) : gbuf;
+		if (!group ||
+		    usps__json_string_decode(f->group, group, &glen) < 0)
+			goto out;
+	} else if (f->group_kind == USPS__OPT_OTHER) {
+		goto out;
+	}
+	k = usps__key_find(ps, topic, tlen, group, glen);
+	if (!k)
+		goto out;
+	if (unsub) {
+		if (k->unsub_base + k->unsub_conn_acks < k->unsub_sent)
+			k->unsub_acked = k->unsub_base + ++k->unsub_conn_acks;
+	} else {
+		if (k->sub_base + k->sub_conn_acks < k->sub_sent)
+			k->sub_acked = k->sub_base + ++k->sub_conn_acks;
+	}
+	if (k->waiters)
+		pthread_cond_broadcast(&ps->cond);
+out:
+	if (topic != tbuf)
+		free(topic);
+	if (group != gbuf)
+		free(group);
+}
+
+static void handle_line(usps *ps, const char *line, size_t n)
+{
+	struct usps__frame f;
+
+	if (usps__wire_parse(line, n, &f) < 0)
+		return;
+	switch (f.type) {
+	case USPS__F_SUBSCRIBED:
+		handle_ack(ps, &f, false);
+		break;
+	case USPS__F_UNSUBSCRIBED:
+		handle_ack(ps, &f, true);
+		break;
+	case USPS__F_EVENT:
+		(void)usps__deliver_line(ps, line, n, &f);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Stop reading while this process's handlers are far behind, so that the
+ * broker's queue for us, not our memory, takes the backlog. */
+static bool backed_up(usps *ps)
+{
+	uint64_t q;
+
+	pthread_mutex_lock(&ps->dq_lock);
+	q = ps->dq_bytes;
+	pthread_mutex_unlock(&ps->dq_lock);
+	return q >= USPS__DQ_HIGH;
+}
+
+void usps__client_resume(usps *ps)
+{
+	uint64_t q;
+
+	if (ps->role != ROLE_CLIENT || !ps->conn_paused)
+		return;
+	pthread_mutex_lock(&ps->dq_lock);
+	q = ps->dq_bytes;
+	pthread_mutex_unlock(&ps->dq_lock);
+	if (q < USPS__DQ_LOW) {
+		ps->conn_paused = false;
+		conn_events(ps);
+	}
+}
+
+void usps__client_io(usps *ps, uint32_t events)
+{
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+		for (int i = 0; i < 4 && ps->role == ROLE_CLIENT; i++) {
+			const char *line;
+			size_t n;
+			ssize_t got;
+			int r;
+
+			if (backed_up(ps)) {
+				ps->conn_paused = true;
+				conn_events(ps);
+				break;
+			}
+			got = usps__reader_fill(&ps->conn_rd, ps->connfd);
+			if (got == -EAGAIN)
+				break;
+			if (got <= 0) {
+				usps__client_lost(ps);
+				return;
+			}
+			while ((r = usps__reader_next(&ps->conn_rd, &line,
+						      &n)) == 1)
+				handle_line(ps, line, n);
+			if (r < 0) {
+				/* The broker sent an oversized frame. */
+				usps__client_lost(ps);
+				return;
+			}
+		}
+	}
+	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)
+		conn_flush(ps);
+}

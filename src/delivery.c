@@ -1,0 +1,335 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The delivery thread: calls handlers one at a time, in the order events
+ * arrived, and redelivers nacked events to the same handler after
+ * 100*k ms at attempt k, as Mastra does. A slow handler therefore delays
+ * only this process's own deliveries, never the I/O thread or the broker.
+ *
+ * Each event is copied once, with its strings decoded, into a shared
+ * dl_event; every usps_delivery of it (one per receiving subscription, and
+ * one per redelivery) holds a reference.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+struct dl_event {
+	atomic_uint refs;
+	size_t bytes;
+	usps_event ev;		/* delivery_attempt and group set per call */
+	uint32_t wire_attempt;
+	char buf[];
+};
+
+static void ev_unref(struct dl_event *e)
+{
+	if (atomic_fetch_sub(&e->refs, 1) == 1)
+		free(e);
+}
+
+/* Decode string span @s into @*pos (advancing it); NULL if not a string. */
+static const char *put_str(struct usps__span s, char **pos, size_t *ret_len)
+{
+	char *out = *pos;
+	size_t n;
+
+	if (usps__json_kind(s) != USPS__J_STRING ||
+	    usps__json_string_decode(s, out, &n) < 0) {
+		if (ret_len)
+			*ret_len = 0;
+		return NULL;
+	}
+	out[n] = '\0';
+	*pos = out + n + 1;
+	if (ret_len)
+		*ret_len = n;
+	return out;
+}
+
+static uint32_t parse_attempt(struct usps__span s)
+{
+	uint64_t v = 0;
+
+	if (usps__json_kind(s) != USPS__J_NUMBER)
+		return 1;
+	for (size_t i = 0; i < s.n; i++) {
+		if (s.p[i] < '0' || s.p[i] > '9')
+			return 1; /* fractions, exponents, signs */
+		v = v * 10 + (uint64_t)(s.p[i] - '0');
+		if (v > UINT32_MAX / 2)
+			return 1;
+	}
+	return v ? (uint32_t)v : 1;
+}
+
+static struct dl_event *ev_new(const char *line, size_t len,
+			       const struct usps__frame *f)
+{
+	struct usps__event_fields ef;
+	struct dl_event *e;
+	struct usps__span ev, s;
+	char *pos;
+	size_t room;
+
+	/* The line, then decoded strings and a copy of data: all fit in 2x. */
+	if (len > (SIZE_MAX - sizeof(*e) - 16) / 2)
+		return NULL;
+	room = 2 * len + 16;
+	e = malloc(sizeof(*e) + room);
+	if (!e)
+		return NULL;
+	memset(e, 0, sizeof(*e));
+	atomic_init(&e->refs, 0);
+	e->bytes = len;
+	memcpy(e->buf, line, len);
+	e->buf[len] = '\0';
+	pos = e->buf + len + 1;
+#define REBASE(sp) ((struct usps__span){ e->buf + ((sp).p - line), (sp).n })
+	ev = f->event.n ? REBASE(f->event) : (struct usps__span){ 0 };
+	e->ev.topic = put_str(REBASE(f->topic), &pos, &e->ev.topic_len);
+	if (!e->ev.topic)
+		goto fail;
+	if (f->group_kind == USPS__OPT_STRING)
+		e->ev.group = put_str(REBASE(f->group), &pos, NULL);
+#undef REBASE
+	memset(&ef, 0, sizeof(ef));
+	if (ev.n && usps__wire_event_fields(ev, &ef) == 0) {
+		e->ev.event_json = ev.p;
+		e->ev.event_json_len = ev.n;
+	} else {
+		e->ev.event_json = "{}";
+		e->ev.event_json_len = 2;
+	}
+	e->ev.type = put_str(ef.type, &pos, &e->ev.type_len);
+	if (!e->ev.type)
+		e->ev.type = "";
+	e->ev.id = put_str(ef.id, &pos, NULL);
+	if (!e->ev.id)
+		e->ev.id = "";
+	e->ev.run_id = put_str(ef.run_id, &pos, NULL);
+	s = ef.data;
+	if (s.n) {
+		memcpy(pos, s.p, s.n);
+		pos[s.n] = '\0';
+		e->ev.data = pos;
+		e->ev.data_len = s.n;
+		pos += s.n + 1;
+	}
+	if (!ef.created_at.n ||
+	    usps__wire_created_at_ms(ef.created_at, &e->ev.created_at_ms) < 0)
+		e->ev.created_at_ms = INT64_MIN;
+	e->wire_attempt = parse_attempt(ef.delivery_attempt);
+	return e;
+fail:
+	free(e);
+	return NULL;
+}
+
+int usps__dl_push(usps *ps, const char *line, size_t len,
+		  const struct usps__frame *f, struct usps_sub **subs, size_t n)
+{
+	struct usps_delivery *first = NULL, *last = NULL;
+	struct dl_event *e;
+
+	if (!n)
+		return 0;
+	e = ev_new(line, len, f);
+	if (!e)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct usps_delivery *d = calloc(1, sizeof(*d));
+
+		if (!d) {
+			while (first) {
+				struct usps_delivery *next = first->next;
+
+				free(first);
+				first = next;
+			}
+			free(e);
+			return -ENOMEM;
+		}
+		d->ev = e;
+		d->sub = subs[i];
+		d->attempt = e->wire_attempt;
+		if (last)
+			last->next = d;
+		else
+			first = d;
+		last = d;
+	}
+	atomic_init(&e->refs, (unsigned)n);
+	pthread_mutex_lock(&ps->dq_lock);
+	if (ps->dq_tail)
+		ps->dq_tail->next = first;
+	else
+		ps->dq_head = first;
+	ps->dq_tail = last;
+	ps->dq_enq += n;
+	ps->dq_bytes += e->bytes * n;
+	pthread_cond_signal(&ps->dq_cond);
+	pthread_mutex_unlock(&ps->dq_lock);
+	return 0;
+}
+
+static void free_delivery(struct usps_delivery *d)
+{
+	usps__sub_unref(d->sub);
+	ev_unref(d->ev);
+	free(d);
+}
+
+static void timer_insert(usps *ps, struct usps_delivery *d)
+{
+	struct usps_delivery **pp = &ps->timers;
+
+	while (*pp && (*pp)->due_ms <= d->due_ms)
+		pp = &(*pp)->next;
+	d->next = *pp;
+	*pp = d;
+}
+
+static void abs_deadline(struct timespec *ts, int64_t due_mono_ms)
+{
+	int64_t left = due_mono_ms - usps__now_ms();
+
+	/* dq_cond waits on CLOCK_MONOTONIC (see usps.c). */
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	if (left < 0)
+		left = 0;
+	ts->tv_sec += left / 1000;
+	ts->tv_nsec += (long)(left % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+static void *dl_main(void *arg)
+{
+	usps *ps = arg;
+
+	pthread_mutex_lock(&ps->dq_lock);
+	while (!ps->dl_stop) {
+		struct usps_delivery *d;
+		int64_t now = usps__now_ms();
+
+		/* Due redeliveries join the queue behind what is there. */
+		while (ps->timers && ps->timers->due_ms <= now) {
+			d = ps->timers;
+			ps->timers = d->next;
+			d->next = NULL;
+			if (ps->dq_tail)
+				ps->dq_tail->next = d;
+			else
+				ps->dq_head = d;
+			ps->dq_tail = d;
+		}
+		d = ps->dq_head;
+		if (!d) {
+			if (ps->timers) {
+				struct timespec ts;
+
+				abs_deadline(&ts, ps->timers->due_ms);
+				pthread_cond_timedwait(&ps->dq_cond,
+						       &ps->dq_lock, &ts);
+			} else {
+				pthread_cond_wait(&ps->dq_cond, &ps->dq_lock);
+			}
+			continue;
+		}
+		ps->dq_head = d->next;
+		if (!ps->dq_head)
+			ps->dq_tail = NULL;
+		d->next = NULL;
+
+		struct usps_sub *s = d->sub;
+		bool redelivery = d->due_ms != 0;
+
+		if (s->active) {
+			usps_event ev = d->ev->ev;
+
+			ev.delivery_attempt = d->attempt;
+			ps->running = s;
+			pthread_mutex_unlock(&ps->dq_lock);
+			s->fn(&ev, d, s->userdata);
+			pthread_mutex_lock(&ps->dq_lock);
+			ps->running = NULL;
+			pthread_cond_broadcast(&ps->dq_cond);
+		}
+		if (!redelivery) {
+			uint64_t before = ps->dq_bytes;
+
+			ps->dq_done++;
+			ps->dq_bytes -= d->ev->bytes;
+			if (before >= USPS__DQ_LOW && ps->dq_bytes < USPS__DQ_LOW)
+				usps__engine_wake(ps);
+			pthread_cond_broadcast(&ps->dq_cond);
+		}
+		if (d->nacked && s->active && !ps->dl_stop) {
+			d->due_ms = usps__now_ms() + 100 * (int64_t)d->attempt;
+			d->attempt++;
+			d->nacked = false;
+			timer_insert(ps, d);
+			continue;
+		}
+		free_delivery(d);
+	}
+	pthread_mutex_unlock(&ps->dq_lock);
+	return NULL;
+}
+
+int usps__dl_start(usps *ps)
+{
+	int r = pthread_create(&ps->dl_thread, NULL, dl_main, ps);
+
+	if (r)
+		return -r;
+	ps->dl_started = true;
+	return 0;
+}
+
+static void free_list(struct usps_delivery *d)
+{
+	while (d) {
+		struct usps_delivery *next = d->next;
+
+		free_delivery(d);
+		d = next;
+	}
+}
+
+void usps__dl_stop(usps *ps)
+{
+	pthread_mutex_lock(&ps->dq_lock);
+	ps->dl_stop = true;
+	pthread_cond_broadcast(&ps->dq_cond);
+	pthread_mutex_unlock(&ps->dq_lock);
+	if (ps->dl_started)
+		pthread_join(ps->dl_thread, NULL);
+	ps->dl_started = false;
+	free_list(ps->dq_head);
+	free_list(ps->timers);
+	ps->dq_head = ps->dq_tail = ps->timers = NULL;
+}
+
+bool usps__dl_on_thread(usps *ps)
+{
+	return ps->dl_started && pthread_equal(ps->dl_thread, pthread_self());
+}
+
+int usps_nack(usps_delivery *d)
+{
+	if (!d)
+		return -EINVAL;
+	if (d->nacked)
+		return 0;
+	if (d->attempt > USPS_MAX_LOCAL_REDELIVERIES)
+		return -ERANGE;
+	d->nacked = true;
+	return 0;
+}

@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine: one epoll loop, run by the I/O thread, that drives the
+ * election, the broker or client role, the outbox and the path watchdog.
+ * Everything it does is non-blocking; it holds ps->lock while it works on
+ * a batch of events and releases it while it waits.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
+			  bool modify)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = h };
+
+	if (epoll_ctl(ps->epfd, modify ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
+		      &ev) < 0)
+		return -errno;
+	return 0;
+}
+
+void usps__engine_wake(usps *ps)
+{
+	uint64_t one = 1;
+
+	if (atomic_exchange(&ps->wake_pending, true))
+		return;
+	while (write(ps->wakefd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+}
+
+void usps__engine_set_role(usps *ps, enum role role)
+{
+	ps->role = role;
+	ps->role_gen++;
+	pthread_cond_broadcast(&ps->cond);
+}
+
+void usps__engine_rejoin(usps *ps, int delay_ms)
+{
+	usps__engine_set_role(ps, ROLE_JOINING);
+	ps->next_join_ms = usps__now_ms() + delay_ms;
+}
+
+/*
+ * As broker: route the broker's own publishes. They are taken from the
+ * outbox in one swap, so that publishers keep appending meanwhile, and
+ * routed until intake closes (back-pressure); the rest waits.
+ */
+static void broker_take_outbox(usps *ps)
+{
+	struct usps__buf *b = &ps->route;
+
+	if (ps->route_off == b->len) {
+		struct usps__buf t;
+
+		pthread_mutex_lock(&ps->out_lock);
+		t = ps->outbox;
+		ps->outbox = *b;
+		ps->outbox.len = 0;
+		ps->out_taken += t.len;
+		if (t.len)
+			pthread_cond_broadcast(&ps->out_cond);
+		pthread_mutex_unlock(&ps->out_lock);
+		*b = t;
+		ps->route_off = 0;
+	}
+	while (ps->route_off < b->len && usps__broker_intake_open(ps)) {
+		const char *line = b->p + ps->route_off;
+		const char *nl = memchr(line, '\n', b->len - ps->route_off);
+		size_t n = nl ? (size_t)(nl - line) : b->len - ps->route_off;
+		struct usps__frame f;
+
+		if (usps__wire_parse(line, n, &f) == 0 &&
+		    f.type == USPS__F_PUBLISH)
+			usps__broker_publish(ps, &ps->self, &f);
+		ps->route_off += n + 1;
+	}
+	pthread_mutex_lock(&ps->out_lock);
+	/* out_taken counts what was swapped out; the unrouted rest of it is
+	 * not done yet. */
+	if (ps->out_done != ps->out_taken - (b->len - ps->route_off)) {
+		ps->out_done = ps->out_taken - (b->len - ps->route_off);
+		pthread_cond_broadcast(&ps->out_cond);
+	}
+	pthread_mutex_unlock(&ps->out_lock);
+}
+
+static void drain_inotify(usps *ps)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	bool ours = false;
+
+	for (;;) {
+		ssize_t n = read(ps->inofd, buf, sizeof(buf));
+
+		if (n <= 0)
+			break;
+		for (char *p = buf; p < buf + n;) {
+			struct inotify_event *e = (struct inotify_event *)p;
+
+			if (e->len && !strcmp(e->name, ps->base))
+				ours = true;
+			if (e->mask & IN_Q_OVERFLOW)
+				ours = true;
+			p += sizeof(*e) + e->len;
+		}
+	}
+	if (ours && ps->role == ROLE_BROKER)
+		usps__election_watch(ps);
+}
+
+static int next_timeout(usps *ps)
+{
+	int64_t now = usps__now_ms(), t = -1;
+
+	if (ps->role == ROLE_JOINING)
+		t = ps->next_join_ms > now ? ps->next_join_ms - now : 0;
+	else if (ps->role == ROLE_BROKER)
+		t = ps->next_watch_ms > now ? ps->next_watch_ms - now : 0;
+	if (ps->role == ROLE_BROKER && ps->ncongested && t > 50)
+		t = 50; /* look for stalled clients */
+	return t > 60000 ? 60000 : (int)t;
+}
+
+static void turn(usps *ps, struct epoll_event *evs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct ioh *h = evs[i].data.ptr;
+		uint32_t e = evs[i].events;
+
+		switch (h->kind) {
+		case IOH_WAKE: {
+			uint64_t v;
+
+			atomic_store(&ps->wake_pending, false);
+			while (read(ps->wakefd, &v, sizeof(v)) < 0 &&
+			       errno == EINTR)
+				;
+			break;
+		}
+		case IOH_LISTEN:
+			if (ps->role == ROLE_BROKER && ps->listenfd >= 0)
+				(void)usps__broker_accept(ps);
+			break;
+		case IOH_PEER:
+			if (ps->role == ROLE_BROKER)
+				usps__broker_peer_io(ps, (struct peer *)h, e);
+			break;
+		case IOH_CONN:
+			if (ps->role == ROLE_CLIENT)
+				usps__client_io(ps, e);
+			break;
+		case IOH_INOTIFY:
+			drain_inotify(ps);
+			break;
+		}
+	}
+	if (ps->role == ROLE_JOINING && usps__now_ms() >= ps->next_join_ms) {
+		int r = usps__election_step(ps);
+
+		if (r < 0 && !ps->open_error) {
+			ps->open_error = r;
+			pthread_cond_broadcast(&ps->cond);
+		}
+		if (r < 0)
+			ps->next_join_ms = usps__now_ms() + 100;
+	}
+	if (ps->role == ROLE_CLIENT) {
+		usps__client_resume(ps);
+		usps__client_take_outbox(ps);
+	}
+	if (ps->role == ROLE_BROKER) {
+		usps__broker_tick(ps);
+		broker_take_outbox(ps);
+		usps__broker_flush_dirty(ps);
+		usps__broker_reap(ps);
+		if (usps__now_ms() >= ps->next_watch_ms)
+			usps__election_watch(ps);
+	}
+	if (ps->flush_waiters)
+		pthread_cond_broadcast(&ps->cond);
+}
+
+static void *io_main(void *arg)
+{
+	usps *ps = arg;
+	struct epoll_event evs[64];
+
+	pthread_mutex_lock(&ps->lock);
+	while (!ps->stopping) {
+		int timeout = next_timeout(ps);
+		int n;
+
+		pthread_mutex_unlock(&ps->lock);
+		n = epoll_wait(ps->epfd, evs, 64, timeout);
+		pthread_mutex_lock(&ps->lock);
+		if (n < 0)
+			n = 0; /* EINTR */
+		if (!ps->stopping)
+			turn(ps, evs, n);
+	}
+	/* Hand the role over: path and lock go first, so that the clients
+	 * that see their connection close can elect a successor at once. */
+	if (ps->role == ROLE_BROKER) {
+		usps__election_resign(ps, true);
+		usps__broker_reset(ps);
+	} else if (ps->role == ROLE_CLIENT) {
+		close(ps->connfd);
+		ps->connfd = -1;
+		usps__reader_free(&ps->conn_rd);
+		usps__wq_free(&ps->conn_wq);
+	}
+	usps__engine_set_role(ps, ROLE_JOINING);
+	pthread_mutex_unlock(&ps->lock);
+	return NULL;
+}
+
+int usps__engine_start(usps *ps)
+{
+	int r;
+
+	ps->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (ps->epfd < 0)
+		return -errno;
+	ps->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ps->wakefd < 0)
+		return -errno;
+	ps->wake_ioh.kind = IOH_WAKE;
+	r = usps__engine_watch_fd(ps, ps->wakefd, &ps->wake_ioh, EPOLLIN,
+				  false);
+	if (r < 0)
+		return r;
+	/* The watchdog works without inotify too, on its timer. */
+	ps->inofd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (ps->inofd >= 0) {
+		ps->ino_ioh.kind = IOH_INOTIFY;
+		if (inotify_add_watch(ps->inofd, ps->dir,
+				      IN_DELETE | IN_MOVED_FROM | IN_CREATE |
+					      IN_MOVED_TO) < 0 ||
+		    usps__engine_watch_fd(ps, ps->inofd, &ps->ino_ioh, EPOLLIN,
+					  false) < 0) {
+			close(ps->inofd);
+			ps->inofd = -1;
+		}
+	}
+	ps->role = ROLE_JOINING;
+	ps->next_join_ms = usps__now_ms();
+	r = pthread_create(&ps->io_thread, NULL, io_main, ps);
+	if (r)
+		return -r;
+	ps->io_started = true;
+	return 0;
+}
+
+void usps__engine_stop(usps *ps)
+{
+	if (ps->io_started) {
+		usps__engine_wake(ps);
+		pthread_join(ps->io_thread, NULL);
+		ps->io_started = false;
+	}
+	usps__election_cleanup(ps);
+	if (ps->inofd >= 0)
+		close(ps->inofd);
+	if (ps->wakefd >= 0)
+		close(ps->wakefd);
+	if (ps->epfd >= 0)
+		close(ps->epfd);
+	ps->inofd = ps->wakefd = ps->epfd = -1;
+}

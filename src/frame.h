@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Newline framing on stream sockets: a bounded, sans-I/O line reader and a
+ * batched writer of shared, reference-counted chunks (writev).
+ */
+#ifndef USPS_FRAME_H
+#define USPS_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/*
+ * Line reader. Bytes go in (from a fd or from memory), complete lines come
+ * out. Memory is proportional to the longest line in flight, never more than
+ * max_frame + one read block; a buffer grown for a large line shrinks back
+ * once it is consumed.
+ */
+struct usps__reader {
+	char *buf;
+	size_t cap;
+	size_t start;	/* first unconsumed byte */
+	size_t len;	/* bytes held, from buf[0] */
+	size_t scan;	/* where the search for '\n' resumes */
+	size_t max_frame;
+};
+
+/* Set up an empty reader for lines of at most @max_frame bytes. */
+void usps__reader_init(struct usps__reader *r, size_t max_frame);
+/* Free the reader's storage; it may be initialised again. */
+void usps__reader_free(struct usps__reader *r);
+
+/*
+ * usps__reader_fill() - one read(2) from @fd into the reader (EINTR retried).
+ * Returns bytes read (> 0), 0 on end of file, -EAGAIN if nothing is ready,
+ * -ENOMEM, or another negative errno from read(2).
+ */
+ssize_t usps__reader_fill(struct usps__reader *r, int fd);
+
+/*
+ * usps__reader_feed() - append @n bytes from memory (tests, fuzzing).
+ * Returns 0 or -ENOMEM.
+ */
+int usps__reader_feed(struct usps__reader *r, const void *p, size_t n);
+
+/*
+ * usps__reader_next() - take the next complete line.
+ * Returns 1 and sets *ret_line and *ret_len (without the '\n'; valid until the
+ * next call on @r) if a line is complete; 0 if more bytes are needed;
+ * -EMSGSIZE if a line, or the unterminated rest, is longer than max_frame
+ * (the reader is then useless: drop the connection).
+ * A line of exactly max_frame bytes is accepted.
+ */
+int usps__reader_next(struct usps__reader *r, const char **ret_line,
+		      size_t *ret_len);
+
+/* Bytes buffered and not yet returned as lines. */
+size_t usps__reader_pending(const struct usps__reader *r);
+
+/*
+ * A chunk: bytes shared by every queue it is pushed to (one event frame
+ * built once for all receivers). Created with one reference.
+ */
+struct usps__chunk {
+	uint32_t refs;	/* touched only by the I/O thread */
+	size_t len;
+	char data[];
+};
+
+/* A new chunk holding a copy of @p[0..n). NULL on ENOMEM. */
+struct usps__chunk *usps__chunk_new(const void *p, size_t n);
+struct usps__chunk *usps__chunk_ref(struct usps__chunk *c);
+void usps__chunk_unref(struct usps__chunk *c);
+
+/* A FIFO of chunks to one fd, written with writev(2). */
+struct usps__wq {
+	struct usps__wq_ent {
+		struct usps__chunk *c;
+		size_t off;	/* bytes of c already written */
+	} *ents;
+	size_t cap;	/* ring capacity, a power of two (or 0) */
+	size_t head;	/* index of the first entry */
+	size_t count;	/* entries queued */
+	uint64_t queued_bytes;	/* unwritten bytes in the queue */
+	uint64_t pushed_total;	/* bytes ever pushed */
+	uint64_t written_total;	/* bytes ever written */
+};
+
+void usps__wq_init(struct usps__wq *q);
+/* Drop every queued chunk reference and free the ring. */
+void usps__wq_free(struct usps__wq *q);
+/* Queue @c, taking a new reference to it. 0 or -ENOMEM (no ref taken). */
+int usps__wq_push(struct usps__wq *q, struct usps__chunk *c);
+static inline bool usps__wq_empty(const struct usps__wq *q)
+{
+	return q->count == 0;
+}
+/*
+ * usps__wq_flush() - write as much as @fd takes, up to IOV_MAX chunks per
+ * writev(2), looping until the queue is empty or the socket is full.
+ * Returns 0 if the queue is now empty, -EAGAIN if bytes remain (wait for
+ * EPOLLOUT), or another negative errno (-EPIPE, -ECONNRESET...: the peer is
+ * gone). Uses MSG_NOSIGNAL semantics: never raises SIGPIPE.
+ */
+int usps__wq_flush(struct usps__wq *q, int fd);
+
+#endif /* USPS_FRAME_H */

@@ -1,0 +1,361 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The state of one usps handle and the internal interfaces between its
+ * parts. Three locks guard it, always taken in this order:
+ *
+ *   ps->lock      engine state (role, peers, broker index) and the registry;
+ *                 held by the I/O thread while it processes a loop turn
+ *   ps->out_lock  the outbox of publishes not yet taken by the I/O thread
+ *   ps->dq_lock   the delivery queue and each subscription's liveness
+ *
+ * Publishers touch only out_lock; the delivery thread only dq_lock, so that
+ * neither waits for the other or for the I/O thread's work.
+ */
+#ifndef USPS_INTERNAL_H
+#define USPS_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "usps.h"
+#include "frame.h"
+#include "wire.h"
+
+/* What an epoll registration points at: the first member of its owner. */
+enum ioh_kind {
+	IOH_WAKE,
+	IOH_LISTEN,
+	IOH_PEER,
+	IOH_CONN,
+	IOH_INOTIFY,
+};
+
+struct ioh {
+	enum ioh_kind kind;
+};
+
+enum role {
+	ROLE_JOINING,	/* looking for a broker, or electing one */
+	ROLE_CLIENT,
+	ROLE_BROKER,
+};
+
+/* ---- hash map (util.c) ---- */
+
+struct hnode {
+	struct hnode *next;
+	uint64_t hash;
+};
+
+struct hmap {
+	struct hnode **b;
+	size_t nb;	/* buckets, a power of two (or 0) */
+	size_t n;
+};
+
+uint64_t usps__hash(const void *p, size_t n, uint64_t seed);
+/* Link @node (with node->hash set) into @m. 0 or -ENOMEM. */
+int usps__hmap_add(struct hmap *m, struct hnode *node);
+void usps__hmap_del(struct hmap *m, struct hnode *node);
+/* First node with @hash, then usps__hmap_next() for the rest. */
+struct hnode *usps__hmap_first(const struct hmap *m, uint64_t hash);
+struct hnode *usps__hmap_next(const struct hnode *node);
+void usps__hmap_free(struct hmap *m);
+
+int64_t usps__now_ms(void);		/* CLOCK_MONOTONIC */
+int64_t usps__wall_ms(void);		/* CLOCK_REALTIME */
+
+/* ---- registry (registry.c): local subscriptions ---- */
+
+struct key;
+
+struct usps_sub {
+	usps *ps;
+	struct key *key;
+	struct usps_sub *next;	/* in key->subs */
+	usps_handler fn;
+	void *userdata;
+	atomic_uint refs;
+	bool active;		/* under dq_lock: may still be called */
+};
+
+/* One (topic, group) this process subscribes to, with its subscriptions. */
+struct key {
+	struct hnode node;
+	char *topic;
+	size_t topic_len;
+	char *group;		/* NULL: fan-out */
+	size_t group_len;
+	struct usps_sub *subs;	/* in registration order */
+	size_t nsubs;
+	size_t cursor;		/* local round-robin among group members */
+	unsigned waiters;	/* threads waiting on this key's acks */
+	/*
+	 * Membership frames sent to the broker, numbered from 1 over the
+	 * handle's life, and the highest number acknowledged. The broker
+	 * answers in order, so the n-th ack on a connection is for frame
+	 * base + n, where base is the count sent before that connection.
+	 * A waiter for frame t is done once acked >= t.
+	 */
+	uint64_t sub_sent, sub_base, sub_conn_acks, sub_acked;
+	uint64_t unsub_sent, unsub_base, unsub_conn_acks, unsub_acked;
+};
+
+struct key *usps__key_find(usps *ps, const char *topic, size_t tlen,
+			   const char *group, size_t glen);
+/* Find or create. NULL on ENOMEM. */
+struct key *usps__key_get(usps *ps, const char *topic, size_t tlen,
+			  const char *group, size_t glen);
+/* Free @k if it has no subscriptions and no waiters. */
+void usps__key_release(usps *ps, struct key *k);
+void usps__sub_unref(struct usps_sub *s);
+
+/*
+ * usps__deliver_line() - hand an event frame (a line we hold in @line, with
+ * @f parsed from it) to the local subscriptions it is for: every fan-out
+ * subscription of its topic, or one member of its group ("group" null or
+ * not a string: nobody, as a Node client does). Copies what it needs. Called with ps->lock held. 0 or -ENOMEM.
+ */
+int usps__deliver_line(usps *ps, const char *line, size_t len,
+		       const struct usps__frame *f);
+
+/* ---- delivery (delivery.c) ---- */
+
+struct dl_event;
+
+struct usps_delivery {
+	struct usps_delivery *next;
+	struct dl_event *ev;
+	struct usps_sub *sub;
+	uint32_t attempt;
+	bool nacked;
+	int64_t due_ms;
+};
+
+int usps__dl_start(usps *ps);
+/* Stop the thread and free what is queued. Not from the delivery thread. */
+void usps__dl_stop(usps *ps);
+/*
+ * Queue one delivery of the event in @line (an event frame already parsed
+ * into @f) to each of @subs[0..n). Takes dq_lock. 0 or -ENOMEM.
+ */
+int usps__dl_push(usps *ps, const char *line, size_t len,
+		  const struct usps__frame *f, struct usps_sub **subs,
+		  size_t n);
+bool usps__dl_on_thread(usps *ps);
+
+/* ---- broker routing index (broker.c) ---- */
+
+struct peer;
+
+struct bgroup {
+	char *name;		/* decoded group name */
+	size_t len;
+	struct peer **mem;	/* in accept order; self (id 0) first */
+	size_t n, cap;
+	size_t cursor;
+};
+
+struct btopic {
+	struct hnode node;
+	char *name;		/* decoded topic */
+	size_t len;
+	struct peer **fan;	/* ungrouped members */
+	size_t nfan, capfan;
+	struct bgroup **groups;
+	size_t ngroups, capgroups;
+};
+
+/* A connected client of this broker, or the broker itself (id 0, fd -1). */
+struct peer {
+	struct ioh ioh;
+	uint64_t id;
+	int fd;
+	pid_t pid;
+	uid_t uid;
+	struct usps__reader rd;
+	struct usps__wq wq;
+	uint32_t nmem;		/* memberships held */
+	bool dead;		/* to be reaped at the end of the loop turn */
+	bool dirty;		/* in the list of peers to flush */
+	bool want_out;		/* EPOLLOUT registered */
+	bool congested;		/* queue over half the cap: intake paused */
+	bool has_lines;		/* complete lines left unread in rd */
+	int64_t progress_ms;	/* last time its queue moved (or congested) */
+	struct peer *dirty_next;
+};
+
+int usps__broker_accept(usps *ps);
+void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events);
+/*
+ * Route one publish frame (line parsed as @f) from @from (ps->self for the
+ * broker's own publishes). Called with ps->lock held.
+ */
+void usps__broker_publish(usps *ps, struct peer *from,
+			  const struct usps__frame *f);
+/* Add or remove the membership of @p in (topic, group). */
+int usps__broker_member(usps *ps, struct peer *p, bool add, const char *topic,
+			size_t tlen, const char *group, size_t glen);
+void usps__broker_flush_dirty(usps *ps);
+void usps__broker_reap(usps *ps);
+/*
+ * Back-pressure. While any client's queue is over half its cap, the broker
+ * stops taking work (reading peers, routing its own outbox), so that
+ * publishers slow down to the pace of the slowest reader instead of that
+ * reader being dropped. A congested client whose queue does not move for
+ * USPS__STALL_MS has stopped reading: it is dropped, and work resumes.
+ */
+#define USPS__STALL_MS 1000
+static inline bool usps__broker_intake_open(const usps *ps);
+/* Drop stalled clients; resume reading buffered lines when uncongested. */
+void usps__broker_tick(usps *ps);
+/* Drop every peer and the index (stepping down or closing). */
+void usps__broker_reset(usps *ps);
+/* Register the registry's keys as the broker's own memberships. */
+int usps__broker_adopt_keys(usps *ps);
+
+/* ---- client side (client.c) ---- */
+
+void usps__client_io(usps *ps, uint32_t events);
+/* Connected: announce every key, then the outbox may flow. */
+int usps__client_start(usps *ps, int fd, pid_t broker_pid);
+void usps__client_lost(usps *ps);
+/* Move the outbox onto the connection and write. */
+void usps__client_take_outbox(usps *ps);
+/* Read again if the delivery backlog has drained. */
+void usps__client_resume(usps *ps);
+/* Send a membership frame for @k on the live connection. */
+int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe);
+
+/* ---- election (election.c) ---- */
+
+/* Check the directory of the path and open the lock file. 0 or -errno. */
+int usps__election_prepare(usps *ps);
+/*
+ * One non-blocking attempt to join: connect, or win the election and bind.
+ * Returns 1 when joined (role changed), 0 to retry at ps->next_join_ms,
+ * or a negative errno that will not go away by retrying.
+ */
+int usps__election_step(usps *ps);
+/* As broker: check that the path is still ours; rebind or step down. */
+void usps__election_watch(usps *ps);
+/* As broker: give the role up (close listener, unlink our path, unlock). */
+void usps__election_resign(usps *ps, bool unlink_path);
+void usps__election_cleanup(usps *ps);
+
+/* ---- engine (engine.c) ---- */
+
+int usps__engine_start(usps *ps);
+void usps__engine_stop(usps *ps);
+void usps__engine_wake(usps *ps);
+void usps__engine_set_role(usps *ps, enum role role);
+/* Start looking for a broker again (connection lost, stepped down). */
+void usps__engine_rejoin(usps *ps, int delay_ms);
+int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
+			  bool modify);
+
+struct usps {
+	char *path;
+	size_t path_len;
+	char *lock_path;	/* path + ".lock": our broker tenure (flock) */
+	char *elect_path;	/* path + ".elect": Mastra's election file */
+	char *dir;		/* dirname(path) */
+	const char *base;	/* basename, inside path */
+	usps_options opt;
+	uid_t uid;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;	/* role changes, acks, flush progress */
+	enum role role;
+	atomic_bool stopping;	/* usps_close() began; set under all locks */
+	atomic_uint inflight;	/* callers inside the API */
+	int open_error;		/* a permanent join error, for usps_open() */
+	uint64_t role_gen;	/* bumped on every role change */
+
+	/* engine */
+	pthread_t io_thread;
+	bool io_started;
+	int epfd;
+	int wakefd;
+	struct ioh wake_ioh;
+	atomic_bool wake_pending;
+
+	/* election and broker tenure */
+	int lockfd;		/* open always; flock held while broker */
+	bool lock_held;
+	int listenfd;
+	struct ioh listen_ioh;
+	dev_t sock_dev;
+	ino_t sock_ino;
+	int inofd;
+	struct ioh ino_ioh;
+	int64_t next_join_ms;
+	int64_t next_watch_ms;
+	unsigned join_backoff_ms;
+	int64_t broker_since_ms;
+	pid_t broker_pid;
+
+	/* broker */
+	struct peer self;
+	struct peer **peers;
+	size_t npeers, cappeers;
+	uint64_t next_peer_id;
+	struct hmap topics;
+	struct peer *dirty;
+	bool reap_pending;
+	unsigned ncongested;	/* peers with congested set */
+	bool intake_paused;	/* peers' EPOLLIN removed */
+	struct usps__uuidgen uuid;
+	struct usps__buf scratch;	/* event frame under construction */
+
+	/* client */
+	int connfd;
+	struct ioh conn_ioh;
+	struct usps__reader conn_rd;
+	struct usps__wq conn_wq;
+	bool conn_want_out;
+	bool conn_paused;	/* reading stopped: deliveries backed up */
+	uint64_t conn_out_end;	/* outbox position when conn_wq empties */
+
+	/* registry */
+	struct hmap keys;
+	uint64_t hash_seed;
+
+	/* outbox, under out_lock */
+	pthread_mutex_t out_lock;
+	pthread_cond_t out_cond;
+	struct usps__buf outbox;
+	struct usps__buf route;	/* taken from the outbox, being routed */
+	size_t route_off;	/* bytes of route already routed */
+	uint64_t out_appended;	/* bytes ever appended */
+	uint64_t out_taken;	/* bytes taken by the I/O thread */
+	uint64_t out_done;	/* bytes written to the broker, or routed */
+	unsigned flush_waiters;	/* under ps->lock */
+
+	/* delivery, under dq_lock */
+	pthread_mutex_t dq_lock;
+	pthread_cond_t dq_cond;
+	pthread_t dl_thread;
+	bool dl_started;
+	bool dl_stop;
+	struct usps_delivery *dq_head, *dq_tail;
+	struct usps_delivery *timers;	/* redeliveries, sorted by due_ms */
+	uint64_t dq_enq, dq_done;
+	uint64_t dq_bytes;	/* event bytes queued */
+	struct usps_sub *running;	/* sub whose handler runs now */
+	struct usps__uuidgen uuid_local;	/* localOnly stamping */
+};
+
+/* Bytes of queued deliveries past which a client stops reading. */
+#define USPS__DQ_HIGH (64u << 20)
+#define USPS__DQ_LOW (32u << 20)
+
+static inline bool usps__broker_intake_open(const usps *ps)
+{
+	return ps->ncongested == 0;
+}
+
+#endif /* USPS_INTERNAL_H */

@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The local registry: this process's subscriptions, grouped by the
+ * (topic, group) key the broker knows them by. It decides which local
+ * handlers an incoming event frame goes to: every fan-out subscription of
+ * its topic, or one member of its group in round-robin order.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static uint64_t key_hash(const usps *ps, const char *topic, size_t tlen,
+			 const char *group, size_t glen)
+{
+	uint64_t h = usps__hash(topic, tlen, ps->hash_seed);
+
+	if (group)
+		h ^= usps__hash(group, glen, ps->hash_seed + 1) * 31 + 1;
+	return h;
+}
+
+struct key *usps__key_find(usps *ps, const char *topic, size_t tlen,
+			   const char *group, size_t glen)
+{
+	uint64_t h = key_hash(ps, topic, tlen, group, glen);
+
+	for (struct hnode *n = usps__hmap_first(&ps->keys, h); n;
+	     n = usps__hmap_next(n)) {
+		struct key *k = (struct key *)n;
+
+		if (k->topic_len != tlen || memcmp(k->topic, topic, tlen))
+			continue;
+		if (!group != !k->group)
+			continue;
+		if (group && (k->group_len != glen ||
+			      memcmp(k->group, group, glen)))
+			continue;
+		return k;
+	}
+	return NULL;
+}
+
+static char *dup_bytes(const char *p, size_t n)
+{
+	char *s = malloc(n + 1);
+
+	if (s) {
+		memcpy(s, p, n);
+		s[n] = '\0';
+	}
+	return s;
+}
+
+struct key *usps__key_get(usps *ps, const char *topic, size_t tlen,
+			  const char *group, size_t glen)
+{
+	struct key *k = usps__key_find(ps, topic, tlen, group, glen);
+
+	if (k)
+		return k;
+	k = calloc(1, sizeof(*k));
+	if (!k)
+		return NULL;
+	k->topic = dup_bytes(topic, tlen);
+	k->topic_len = tlen;
+	if (group) {
+		k->group = dup_bytes(group, glen);
+		k->group_len = glen;
+	}
+	if (!k->topic || (group && !k->group))
+		goto fail;
+	k->node.hash = key_hash(ps, topic, tlen, group, glen);
+	if (usps__hmap_add(&ps->keys, &k->node) < 0)
+		goto fail;
+	return k;
+fail:
+	free(k->topic);
+	free(k->group);
+	free(k);
+	return NULL;
+}
+
+void usps__key_release(usps *ps, struct key *k)
+{
+	if (k->nsubs || k->waiters)
+		return;
+	usps__hmap_del(&ps->keys, &k->node);
+	free(k->topic);
+	free(k->group);
+	free(k);
+}
+
+void usps__sub_unref(struct usps_sub *s)
+{
+	if (s && atomic_fetch_sub(&s->refs, 1) == 1)
+		free(s);
+}
+
+/* Decode a string span into a stack buffer or, if large, the heap. */
+struct dec {
+	char small[256];
+	char *p;
+	size_t n;
+};
+
+static int dec_string(struct dec *d, struct usps__span s)
+{
+	d->p = s.n <= sizeof(d->small) ? d->small : malloc(s.n);
+	if (!d->p)
+		return -ENOMEM;
+	if (usps__json_string_decode(s, d->p, &d->n) < 0) {
+		if (d->p != d->small)
+			free(d->p);
+		d->p = NULL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void dec_free(struct dec *d)
+{
+	if (d->p && d->p != d->small)
+		free(d->p);
+	d->p = NULL;
+}
+
+int usps__deliver_line(usps *ps, const char *line, size_t len,
+		       const struct usps__frame *f)
+{
+	struct usps_sub *stack[16], **subs = stack;
+	struct dec topic = { 0 }, group = { 0 };
+	struct key *k;
+	size_t n = 0;
+	int r = 0;
+
+	if (usps__json_kind(f->topic) != USPS__J_STRING)
+		return 0;
+	if (f->group_kind != USPS__OPT_ABSENT &&
+	    f->group_kind != USPS__OPT_STRING)
+		return 0; /* "group":null reaches nobody, as in Node */
+	r = dec_string(&topic, f->topic);
+	if (r < 0)
+		return r == -ENOMEM ? r : 0;
+	if (f->group_kind == USPS__OPT_STRING) {
+		r = dec_string(&group, f->group);
+		if (r < 0)
+			goto out;
+		k = usps__key_find(ps, topic.p, topic.n, group.p, group.n);
+		if (!k || !k->nsubs)
+			goto out;
+		struct usps_sub *s = k->subs;
+
+		for (size_t i = k->cursor % k->nsubs; i; i--)
+			s = s->next;
+		k->cursor = (k->cursor % k->nsubs) + 1;
+		atomic_fetch_add(&s->refs, 1);
+		subs[n++] = s;
+	} else {
+		k = usps__key_find(ps, topic.p, topic.n, NULL, 0);
+		if (!k || !k->nsubs)
+			goto out;
+		if (k->nsubs > sizeof(stack) / sizeof(stack[0])) {
+			subs = malloc(k->nsubs * sizeof(*subs));
+			if (!subs) {
+				r = -ENOMEM;
+				goto out;
+			}
+		}
+		for (struct usps_sub *s = k->subs; s; s = s->next) {
+			atomic_fetch_add(&s->refs, 1);
+			subs[n++] = s;
+		}
+	}
+	r = usps__dl_push(ps, line, len, f, subs, n);
+	if (r < 0)
+		for (size_t i = 0; i < n; i++)
+			usps__sub_unref(subs[i]);
+out:
+	if (subs != stack)
+		free(subs);
+	dec_free(&topic);
+	dec_free(&group);
+	return r;
+}

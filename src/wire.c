@@ -1,0 +1,1759 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Mastra UnixSocketPubSub frames: the only JSON code in usps.
+ *
+ * Inbound lines are validated (RFC 8259, strict UTF-8, bounded nesting) in a
+ * single iterative pass that also records the spans of the top-level members
+ * a broker or client routes on. Nothing is decoded or copied: later code
+ * works on spans into the line. Outbound frames are written straight into
+ * growable buffers, byte for byte as a Node peer writes them
+ * (JSON.stringify key order and escaping), so Node and C peers can be mixed
+ * freely and compared in tests.
+ *
+ * Also here: ISO-8601 time stamps in the exact toISOString() format (own
+ * calendar arithmetic, no dependence on TZ or time_t) and UUID v4s from a
+ * pool of getrandom(2) bytes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "wire.h"
+
+/* ---- growable buffers ---------------------------------------------- */
+
+int usps__buf_reserve(struct usps__buf *b, size_t extra)
+{
+	size_t need, cap;
+	char *p;
+
+	if (extra <= b->cap - b->len)
+		return 0;
+	if (extra > SIZE_MAX - b->len)
+		return -ENOMEM;
+	need = b->len + extra;
+	cap = b->cap ? b->cap : 256;
+	while (cap < need) {
+		if (cap > SIZE_MAX / 2) {
+			cap = need;
+			break;
+		}
+		cap *= 2;
+	}
+	p = realloc(b->p, cap);
+	if (!p)
+		return -ENOMEM;
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+static inline int put(struct usps__buf *b, const void *p, size_t n)
+{
+	if (n > b->cap - b->len && usps__buf_reserve(b, n) < 0)
+		return -ENOMEM;
+	if (n)
+		memcpy(b->p + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+int usps__buf_put(struct usps__buf *b, const void *p, size_t n)
+{
+	return put(b, p, n);
+}
+
+void usps__buf_free(struct usps__buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = 0;
+	b->cap = 0;
+}
+
+/* Append a string literal. */
+#define PUT_LIT(b, s) put((b), (s), sizeof(s) - 1)
+
+static inline int put_span(struct usps__buf *b, struct usps__span s)
+{
+	return put(b, s.p, s.n);
+}
+
+/* ---- character helpers --------------------------------------------- */
+
+static inline bool is_ws(uint8_t c)
+{
+	return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+static inline const uint8_t *skip_ws(const uint8_t *s, const uint8_t *e)
+{
+	/* Frames from Node have no whitespace: test the common case once. */
+	while (s < e && *s <= ' ' && is_ws(*s))
+		s++;
+	return s;
+}
+
+static inline bool is_digit(uint8_t c)
+{
+	return (unsigned)(c - '0') < 10;
+}
+
+static inline int hexdig(uint8_t c)
+{
+	if (is_digit(c))
+		return c - '0';
+	c |= 0x20;
+	if ((unsigned)(c - 'a') < 6)
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Four hex digits at @s (bounds checked by the caller), or -1. */
+static inline int32_t hex4(const uint8_t *s)
+{
+	int a = hexdig(s[0]), b = hexdig(s[1]), c = hexdig(s[2]);
+	int d = hexdig(s[3]);
+
+	if ((a | b | c | d) < 0)
+		return -1;
+	return (int32_t)(a << 12 | b << 8 | c << 4 | d);
+}
+
+static inline bool is_surrogate(uint32_t u)
+{
+	return u - 0xd800u < 0x800u;
+}
+
+static size_t utf8_encode(uint8_t *o, uint32_t cp)
+{
+	if (cp < 0x80) {
+		o[0] = (uint8_t)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (uint8_t)(0xc0 | cp >> 6);
+		o[1] = (uint8_t)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (uint8_t)(0xe0 | cp >> 12);
+		o[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+		o[2] = (uint8_t)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (uint8_t)(0xf0 | cp >> 18);
+	o[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
+	o[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+	o[3] = (uint8_t)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+/*
+ * One well-formed UTF-8 sequence whose lead byte (>= 0x80) is at @s, per
+ * Unicode table 3-7: no overlongs, no surrogates, nothing past U+10FFFF.
+ * Returns the byte after it, or NULL.
+ */
+static inline const uint8_t *utf8_seq(const uint8_t *s, const uint8_t *e)
+{
+	uint8_t c = s[0];
+	size_t left = (size_t)(e - s);
+	uint8_t lo = 0x80, hi = 0xbf;
+
+	if (c < 0xc2)
+		return NULL;
+	if (c < 0xe0) {
+		if (left < 2 || (uint8_t)(s[1] - 0x80) > 0x3f)
+			return NULL;
+		return s + 2;
+	}
+	if (c < 0xf0) {
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+		if (left < 3 || s[1] < lo || s[1] > hi ||
+		    (uint8_t)(s[2] - 0x80) > 0x3f)
+			return NULL;
+		return s + 3;
+	}
+	if (c > 0xf4)
+		return NULL;
+	if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (left < 4 || s[1] < lo || s[1] > hi ||
+	    (uint8_t)(s[2] - 0x80) > 0x3f || (uint8_t)(s[3] - 0x80) > 0x3f)
+		return NULL;
+	return s + 4;
+}
+
+/*
+ * SWAR: 8 bytes at a time in a 64-bit word. has_zero() marks the zero bytes
+ * in their high bits; a borrow may also mark bytes above a real zero, never
+ * below one, so the lowest mark is exact.
+ */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+static inline uint64_t load8(const uint8_t *s)
+{
+	uint64_t v;
+
+	memcpy(&v, s, sizeof(v));
+	return v;
+}
+
+static inline uint64_t has_zero(uint64_t v)
+{
+	return (v - ONES) & ~v & HIGHS;
+}
+
+/*
+ * The bytes a string scan stops at (", \, < 0x20, >= 0x80), as high bits.
+ * Carries can only mark bytes above a real hit, so the lowest bit is exact.
+ */
+static inline uint64_t special8(uint64_t v)
+{
+	uint64_t m = (v - ONES * 0x20) | v;
+
+	m |= has_zero(v ^ (ONES * '"')) | has_zero(v ^ (ONES * '\\'));
+	return m & HIGHS;
+}
+
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && \
+	__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FIRST_HIT(m) ((size_t)__builtin_ctzll(m) >> 3)
+#endif
+
+#ifdef __GNUC__
+#define HOT_INLINE inline __attribute__((always_inline))
+#else
+#define HOT_INLINE inline
+#endif
+
+bool usps__utf8_valid(const char *p, size_t n)
+{
+	const uint8_t *s, *e;
+
+	/* Absent spans are (NULL, 0): no arithmetic on NULL. */
+	if (!n)
+		return true;
+	s = (const uint8_t *)p;
+	e = s + n;
+	while (s < e) {
+		while (e - s >= 8 && !(load8(s) & HIGHS))
+			s += 8;
+		while (s < e && *s < 0x80)
+			s++;
+		if (s == e)
+			break;
+		s = utf8_seq(s, e);
+		if (!s)
+			return false;
+	}
+	return true;
+}
+
+/* ---- validation ---------------------------------------------------- */
+
+static inline bool str_plain(uint8_t c)
+{
+	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+/*
+ * Scan the string literal whose opening quote is at @s. Sets *esc if it has
+ * a backslash. Returns the byte after the closing quote, or NULL.
+ */
+static HOT_INLINE const uint8_t *scan_string(const uint8_t *s, const uint8_t *e,
+					     bool *esc)
+{
+	uint64_t m;
+
+	s++;
+	for (;;) {
+		/* Plain ASCII 8 bytes at a time, straight to the next stop. */
+		while (e - s >= 8) {
+			m = special8(load8(s));
+			if (m) {
+#ifdef FIRST_HIT
+				s += FIRST_HIT(m);
+#else
+				while (str_plain(*s))
+					s++;
+#endif
+				goto stop;
+			}
+			s += 8;
+		}
+		while (s < e && str_plain(*s))
+			s++;
+		if (s == e)
+			return NULL;
+stop:
+		if (*s == '"')
+			return s + 1;
+		if (*s == '\\') {
+			*esc = true;
+			if (e - s < 2)
+				return NULL;
+			switch (s[1]) {
+			case '"':
+			case '\\':
+			case '/':
+			case 'b':
+			case 'f':
+			case 'n':
+			case 'r':
+			case 't':
+				s += 2;
+				break;
+			case 'u':
+				if (e - s < 6 || hex4(s + 2) < 0)
+					return NULL;
+				s += 6;
+				break;
+			default:
+				return NULL;
+			}
+			continue;
+		}
+		if (*s < 0x20)
+			return NULL;
+		s = utf8_seq(s, e);
+		if (!s)
+			return NULL;
+	}
+}
+
+/* Scan a number per the RFC 8259 grammar; NULL if malformed. */
+static inline const uint8_t *scan_number(const uint8_t *s, const uint8_t *e)
+{
+	if (*s == '-')
+		s++;
+	if (s == e)
+		return NULL;
+	if (*s == '0') {
+		s++;
+	} else if (is_digit(*s)) {
+		while (++s < e && is_digit(*s))
+			;
+	} else {
+		return NULL;
+	}
+	if (s < e && *s == '.') {
+		if (++s == e || !is_digit(*s))
+			return NULL;
+		while (++s < e && is_digit(*s))
+			;
+	}
+	if (s < e && (*s | 0x20) == 'e') {
+		if (++s < e && (*s == '+' || *s == '-'))
+			s++;
+		if (s == e || !is_digit(*s))
+			return NULL;
+		while (++s < e && is_digit(*s))
+			;
+	}
+	return s;
+}
+
+static inline const uint8_t *scan_lit(const uint8_t *s, const uint8_t *e,
+				      const char *lit, size_t n)
+{
+	if ((size_t)(e - s) < n || memcmp(s, lit, n) != 0)
+		return NULL;
+	return s + n;
+}
+
+/* The top-level members usps__wire_parse() records; slot 0 is a sink. */
+enum {
+	K_NONE,
+	K_TYPE,
+	K_TOPIC,
+	K_GROUP,
+	K_EVENT,
+	K_LOCAL,
+	K_COUNT,
+};
+
+struct name {
+	const char *s;
+	size_t n;
+};
+
+/* clang-format off */
+static const struct name frame_keys[] = {
+	{ "type", 4 },
+	{ "topic", 5 },
+	{ "group", 5 },
+	{ "event", 5 },
+	{ "localOnly", 9 },
+};
+/* clang-format on */
+
+/*
+ * Index + 1 of the name in @t that the string literal [q, q+n) equals, or 0.
+ * @esc: the literal may contain escapes.
+ */
+static int lookup(const uint8_t *q, size_t n, bool esc, const struct name *t,
+		  size_t count)
+{
+	struct usps__span s = { (const char *)q, n };
+
+	if (!esc) {
+		for (size_t i = 0; i < count; i++)
+			if (t[i].n == n - 2 &&
+			    memcmp(q + 1, t[i].s, n - 2) == 0)
+				return (int)i + 1;
+		return 0;
+	}
+	for (size_t i = 0; i < count; i++)
+		if (usps__json_string_eq(s, t[i].s, t[i].n))
+			return (int)i + 1;
+	return 0;
+}
+
+static inline int frame_key(const uint8_t *q, size_t n, bool esc)
+{
+	if (esc)
+		return lookup(q, n, true, frame_keys, K_COUNT - 1);
+	switch (n) {
+	case 6:
+		return memcmp(q + 1, "type", 4) ? K_NONE : K_TYPE;
+	case 7:
+		if (!memcmp(q + 1, "topic", 5))
+			return K_TOPIC;
+		if (!memcmp(q + 1, "event", 5))
+			return K_EVENT;
+		if (!memcmp(q + 1, "group", 5))
+			return K_GROUP;
+		return K_NONE;
+	case 11:
+		return memcmp(q + 1, "localOnly", 9) ? K_NONE : K_LOCAL;
+	default:
+		return K_NONE;
+	}
+}
+
+/*
+ * The validator. One pass, no recursion: the kind of each open container is
+ * one bit of @stk. The labels are the states of the grammar (a value is
+ * expected, a member key is expected, a value just ended). While inside the
+ * top-level object, each member's value span is stored in top[key index]
+ * (top[0] catches the members nobody asked for), so a later member with the
+ * same key overwrites an earlier one, as JSON.parse does.
+ */
+static int json_scan(const char *p, size_t n, struct usps__span *top)
+{
+	const uint8_t *s, *e, *t, *vstart;
+	uint8_t stk[(USPS__JSON_MAX_DEPTH + 7) / 8] = { 0 };
+	unsigned depth = 0, d;
+	int key = K_NONE;
+	bool esc;
+
+	if (!n)
+		return -EINVAL;
+	s = (const uint8_t *)p;
+	e = s + n;
+	vstart = s;
+	s = skip_ws(s, e);
+value:
+	if (s == e)
+		return -EINVAL;
+	switch (*s) {
+	case '{':
+		if (depth == USPS__JSON_MAX_DEPTH)
+			return -EINVAL;
+		stk[depth >> 3] =
+			(uint8_t)(stk[depth >> 3] | 1u << (depth & 7));
+		depth++;
+		s = skip_ws(s + 1, e);
+		if (s < e && *s == '}') {
+			s++;
+			depth--;
+			goto after;
+		}
+		goto member;
+	case '[':
+		if (depth == USPS__JSON_MAX_DEPTH)
+			return -EINVAL;
+		stk[depth >> 3] =
+			(uint8_t)(stk[depth >> 3] & ~(1u << (depth & 7)));
+		depth++;
+		s = skip_ws(s + 1, e);
+		if (s < e && *s == ']') {
+			s++;
+			depth--;
+			goto after;
+		}
+		goto value;
+	case '"':
+		esc = false;
+		s = scan_string(s, e, &esc);
+		break;
+	case 't':
+		s = scan_lit(s, e, "true", 4);
+		break;
+	case 'f':
+		s = scan_lit(s, e, "false", 5);
+		break;
+	case 'n':
+		s = scan_lit(s, e, "null", 4);
+		break;
+	default:
+		s = scan_number(s, e);
+		break;
+	}
+	if (!s)
+		return -EINVAL;
+after:
+	if (depth == 1)
+		top[key] = (struct usps__span){ (const char *)vstart,
+						(size_t)(s - vstart) };
+	else if (depth == 0)
+		return skip_ws(s, e) == e ? 0 : -EINVAL;
+	s = skip_ws(s, e);
+	if (s == e)
+		return -EINVAL;
+	d = depth - 1;
+	if (stk[d >> 3] >> (d & 7) & 1) {
+		if (*s == '}') {
+			s++;
+			depth--;
+			goto after;
+		}
+		if (*s != ',')
+			return -EINVAL;
+		s = skip_ws(s + 1, e);
+		goto member;
+	}
+	if (*s == ']') {
+		s++;
+		depth--;
+		goto after;
+	}
+	if (*s != ',')
+		return -EINVAL;
+	s = skip_ws(s + 1, e);
+	goto value;
+member:
+	if (s == e || *s != '"')
+		return -EINVAL;
+	esc = false;
+	t = scan_string(s, e, &esc);
+	if (!t)
+		return -EINVAL;
+	if (depth == 1)
+		key = frame_key(s, (size_t)(t - s), esc);
+	s = skip_ws(t, e);
+	if (s == e || *s != ':')
+		return -EINVAL;
+	s = skip_ws(s + 1, e);
+	if (depth == 1)
+		vstart = s;
+	goto value;
+}
+
+int usps__json_validate(const char *p, size_t n)
+{
+	struct usps__span top[K_COUNT];
+
+	return json_scan(p, n, top);
+}
+
+int usps__json_is_object(const char *p, size_t n)
+{
+	const uint8_t *s;
+
+	if (!n)
+		return -EINVAL;
+	s = skip_ws((const uint8_t *)p, (const uint8_t *)p + n);
+	if (s == (const uint8_t *)p + n || *s != '{')
+		return -EINVAL;
+	return usps__json_validate(p, n);
+}
+
+enum usps__json_kind usps__json_kind(struct usps__span v)
+{
+	const uint8_t *s;
+
+	if (!v.n)
+		return USPS__J_ABSENT;
+	s = skip_ws((const uint8_t *)v.p, (const uint8_t *)v.p + v.n);
+	if (s == (const uint8_t *)v.p + v.n)
+		return USPS__J_ABSENT;
+	switch (*s) {
+	case 'n':
+		return USPS__J_NULL;
+	case 't':
+	case 'f':
+		return USPS__J_BOOL;
+	case '"':
+		return USPS__J_STRING;
+	case '[':
+		return USPS__J_ARRAY;
+	case '{':
+		return USPS__J_OBJECT;
+	default:
+		return *s == '-' || is_digit(*s) ? USPS__J_NUMBER
+						 : USPS__J_ABSENT;
+	}
+}
+
+/* ---- walking already validated JSON -------------------------------- */
+
+/* Past the string literal at @s (validated): the byte after its quote. */
+static const uint8_t *skip_string(const uint8_t *s, const uint8_t *e)
+{
+	uint64_t v, m;
+
+	s++;
+	for (;;) {
+		while (e - s >= 8) {
+			v = load8(s);
+			m = has_zero(v ^ (ONES * '"')) |
+			    has_zero(v ^ (ONES * '\\'));
+			if (m) {
+#ifdef FIRST_HIT
+				s += FIRST_HIT(m);
+#endif
+				break;
+			}
+			s += 8;
+		}
+		while (s < e && *s != '"' && *s != '\\')
+			s++;
+		if (s >= e)
+			return e;
+		if (*s == '"')
+			return s + 1;
+		/* \uXXXX: the hex digits are ordinary bytes. */
+		s += 2;
+		if (s > e)
+			return e;
+	}
+}
+
+/* Past the value at @s (validated JSON). */
+static const uint8_t *skip_value(const uint8_t *s, const uint8_t *e)
+{
+	size_t depth = 0;
+
+	if (*s == '"')
+		return skip_string(s, e);
+	if (*s != '{' && *s != '[') {
+		while (s < e && *s != ',' && *s != '}' && *s != ']' &&
+		       !is_ws(*s))
+			s++;
+		return s;
+	}
+	while (s < e) {
+		uint8_t c = *s;
+
+		if (c == '"') {
+			s = skip_string(s, e);
+			continue;
+		}
+		if (c == '{' || c == '[') {
+			depth++;
+		} else if (c == '}' || c == ']') {
+			if (--depth == 0)
+				return s + 1;
+		}
+		s++;
+	}
+	return e;
+}
+
+/* Iterates over the members of an object or the elements of an array. */
+struct walk {
+	const uint8_t *s, *e;
+	bool obj;
+	bool started;
+};
+
+static int walk_init(struct walk *w, struct usps__span v)
+{
+	const uint8_t *s;
+
+	if (!v.n)
+		return -EINVAL;
+	s = skip_ws((const uint8_t *)v.p, (const uint8_t *)v.p + v.n);
+	w->e = (const uint8_t *)v.p + v.n;
+	if (s == w->e || (*s != '{' && *s != '['))
+		return -EINVAL;
+	w->obj = *s == '{';
+	w->s = s + 1;
+	w->started = false;
+	return 0;
+}
+
+/* Next member (key is NULL-spanned for arrays). false at the end. */
+static bool walk_next(struct walk *w, struct usps__span *key,
+		      struct usps__span *val)
+{
+	const uint8_t *s = skip_ws(w->s, w->e), *e = w->e, *t;
+
+	if (s == e || *s == '}' || *s == ']')
+		return false;
+	if (w->started) {
+		if (*s != ',')
+			return false;
+		s = skip_ws(s + 1, e);
+	}
+	w->started = true;
+	*key = (struct usps__span){ NULL, 0 };
+	if (w->obj) {
+		if (s == e || *s != '"')
+			return false;
+		t = skip_string(s, e);
+		*key = (struct usps__span){ (const char *)s, (size_t)(t - s) };
+		s = skip_ws(t, e);
+		if (s == e || *s != ':')
+			return false;
+		s = skip_ws(s + 1, e);
+	}
+	if (s == e)
+		return false;
+	t = skip_value(s, e);
+	*val = (struct usps__span){ (const char *)s, (size_t)(t - s) };
+	w->s = t;
+	return true;
+}
+
+static int key_lookup(struct usps__span k, const struct name *t, size_t count)
+{
+	if (k.n < 2)
+		return 0;
+	return lookup((const uint8_t *)k.p, k.n,
+		      memchr(k.p + 1, '\\', k.n - 2) != NULL, t, count);
+}
+
+static bool span_is_true(struct usps__span s)
+{
+	return s.n == 4 && memcmp(s.p, "true", 4) == 0;
+}
+
+/*
+ * Is @v a codec envelope {"__m_codec__":"<codec>",...}? The last
+ * "__m_codec__" member counts; extra members are allowed (§2.6). Stores the
+ * last "v" member in *ret_v if asked.
+ */
+static bool is_envelope(struct usps__span v, const char *codec, size_t n,
+			struct usps__span *ret_v)
+{
+	static const struct name keys[] = { { "__m_codec__", 11 }, { "v", 1 } };
+	struct usps__span k, x, c = { NULL, 0 }, vv = { NULL, 0 };
+	struct walk w;
+
+	if (walk_init(&w, v) < 0 || !w.obj)
+		return false;
+	while (walk_next(&w, &k, &x)) {
+		switch (key_lookup(k, keys, 2)) {
+		case 1:
+			c = x;
+			break;
+		case 2:
+			vv = x;
+			break;
+		default:
+			break;
+		}
+	}
+	if (ret_v)
+		*ret_v = vv;
+	return usps__json_string_eq(c, codec, n);
+}
+
+/* ---- strings ------------------------------------------------------- */
+
+/*
+ * Decode the escape at @r (r[0] == '\\') into one UTF-16 code unit (or
+ * ASCII byte). Returns the byte after it, or NULL if malformed.
+ */
+static const uint8_t *unescape(const uint8_t *r, const uint8_t *e,
+			       uint32_t *ret_u)
+{
+	int32_t u;
+
+	if (e - r < 2)
+		return NULL;
+	switch (r[1]) {
+	case '"':
+	case '\\':
+	case '/':
+		*ret_u = r[1];
+		return r + 2;
+	case 'b':
+		*ret_u = '\b';
+		return r + 2;
+	case 'f':
+		*ret_u = '\f';
+		return r + 2;
+	case 'n':
+		*ret_u = '\n';
+		return r + 2;
+	case 'r':
+		*ret_u = '\r';
+		return r + 2;
+	case 't':
+		*ret_u = '\t';
+		return r + 2;
+	case 'u':
+		if (e - r < 6)
+			return NULL;
+		u = hex4(r + 2);
+		if (u < 0)
+			return NULL;
+		*ret_u = (uint32_t)u;
+		return r + 6;
+	default:
+		return NULL;
+	}
+}
+
+/*
+ * Decode the escape at @r to UTF-8 at @o, pairing surrogate escapes and
+ * turning lone ones into U+FFFD. Returns the byte after it (NULL if
+ * malformed) and the number of bytes written in *ret_k.
+ */
+static const uint8_t *unescape_utf8(const uint8_t *r, const uint8_t *e,
+				    uint8_t *o, size_t *ret_k)
+{
+	uint32_t u, lo;
+	const uint8_t *t;
+
+	r = unescape(r, e, &u);
+	if (!r)
+		return NULL;
+	if (u - 0xd800u < 0x400u && e - r >= 6 && r[0] == '\\' && r[1] == 'u' &&
+	    (t = unescape(r, e, &lo)) && lo - 0xdc00u < 0x400u) {
+		u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+		r = t;
+	} else if (is_surrogate(u)) {
+		u = 0xfffd;
+	}
+	*ret_k = utf8_encode(o, u);
+	return r;
+}
+
+int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len)
+{
+	const uint8_t *r, *e, *bs;
+	uint8_t *o = (uint8_t *)out;
+	size_t k;
+
+	if (s.n < 2 || s.p[0] != '"' || s.p[s.n - 1] != '"')
+		return -EINVAL;
+	r = (const uint8_t *)s.p + 1;
+	e = (const uint8_t *)s.p + s.n - 1;
+	while (r < e) {
+		bs = memchr(r, '\\', (size_t)(e - r));
+		if (!bs) {
+			memcpy(o, r, (size_t)(e - r));
+			o += e - r;
+			break;
+		}
+		memcpy(o, r, (size_t)(bs - r));
+		o += bs - r;
+		r = unescape_utf8(bs, e, o, &k);
+		if (!r)
+			return -EINVAL;
+		o += k;
+	}
+	*ret_len = (size_t)(o - (uint8_t *)out);
+	return 0;
+}
+
+bool usps__json_string_eq(struct usps__span s, const char *lit, size_t n)
+{
+	const uint8_t *r, *e;
+	uint8_t tmp[4];
+	size_t in, off = 0, k;
+
+	if (s.n < 2 || s.p[0] != '"' || s.p[s.n - 1] != '"')
+		return false;
+	in = s.n - 2;
+	/*
+	 * An escape always decodes shorter than it is written, so only a
+	 * longer literal with a backslash can still match.
+	 */
+	if (in == n && memcmp(s.p + 1, lit, n) == 0)
+		return !memchr(lit, '\\', n);
+	if (in <= n || !memchr(s.p + 1, '\\', in))
+		return false;
+	r = (const uint8_t *)s.p + 1;
+	e = r + in;
+	while (r < e) {
+		if (*r != '\\') {
+			if (off == n || (uint8_t)lit[off] != *r)
+				return false;
+			off++;
+			r++;
+			continue;
+		}
+		r = unescape_utf8(r, e, tmp, &k);
+		if (!r || k > n - off || memcmp(lit + off, tmp, k) != 0)
+			return false;
+		off += k;
+	}
+	return off == n;
+}
+
+static inline bool needs_escape(uint8_t c)
+{
+	return c < 0x20 || c == '"' || c == '\\';
+}
+
+static const char hexchars[] = "0123456789abcdef";
+
+/* Body of usps__json_put_string(): no quotes, no rollback. */
+static int put_escaped(struct usps__buf *b, const uint8_t *s, size_t n)
+{
+	const uint8_t *e, *t;
+	char esc[6];
+
+	if (!n)
+		return 0;
+	e = s + n;
+	if (usps__buf_reserve(b, n) < 0)
+		return -ENOMEM;
+	while (s < e) {
+		t = s;
+		while (t < e && !needs_escape(*t))
+			t++;
+		if (put(b, s, (size_t)(t - s)) < 0)
+			return -ENOMEM;
+		if (t == e)
+			break;
+		esc[0] = '\\';
+		switch (*t) {
+		case '"':
+		case '\\':
+			esc[1] = (char)*t;
+			break;
+		case '\b':
+			esc[1] = 'b';
+			break;
+		case '\f':
+			esc[1] = 'f';
+			break;
+		case '\n':
+			esc[1] = 'n';
+			break;
+		case '\r':
+			esc[1] = 'r';
+			break;
+		case '\t':
+			esc[1] = 't';
+			break;
+		default:
+			memcpy(esc + 1, "u00", 3);
+			esc[4] = hexchars[*t >> 4];
+			esc[5] = hexchars[*t & 15];
+			if (put(b, esc, 6) < 0)
+				return -ENOMEM;
+			s = t + 1;
+			continue;
+		}
+		if (put(b, esc, 2) < 0)
+			return -ENOMEM;
+		s = t + 1;
+	}
+	return 0;
+}
+
+int usps__json_put_string(struct usps__buf *b, const char *s, size_t n)
+{
+	size_t old = b->len;
+
+	if (PUT_LIT(b, "\"") < 0 || put_escaped(b, (const uint8_t *)s, n) < 0 ||
+	    PUT_LIT(b, "\"") < 0) {
+		b->len = old;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Append raw JSON text without the whitespace between tokens, as
+ * JSON.stringify would write it. This also keeps a user's pretty-printed
+ * data from putting a '\n' (a frame end) inside a frame.
+ */
+static int put_compact(struct usps__buf *b, struct usps__span v)
+{
+	const uint8_t *s, *e, *t;
+
+	if (!v.n)
+		return 0;
+	s = (const uint8_t *)v.p;
+	e = s + v.n;
+	while (s < e) {
+		if (is_ws(*s)) {
+			s++;
+			continue;
+		}
+		if (*s == '"') {
+			t = skip_string(s, e);
+		} else {
+			t = s;
+			while (t < e && *t != '"' && !is_ws(*t))
+				t++;
+		}
+		if (put(b, s, (size_t)(t - s)) < 0)
+			return -ENOMEM;
+		s = t;
+	}
+	return 0;
+}
+
+/* ---- frames in ----------------------------------------------------- */
+
+static const struct {
+	struct name name;
+	enum usps__frame_type type;
+} frame_types[] = {
+	{ { "publish", 7 }, USPS__F_PUBLISH },
+	{ { "event", 5 }, USPS__F_EVENT },
+	{ { "subscribe", 9 }, USPS__F_SUBSCRIBE },
+	{ { "unsubscribe", 11 }, USPS__F_UNSUBSCRIBE },
+	{ { "subscribed", 10 }, USPS__F_SUBSCRIBED },
+	{ { "unsubscribed", 12 }, USPS__F_UNSUBSCRIBED },
+	{ { "ack", 3 }, USPS__F_ACK },
+	{ { "nack", 4 }, USPS__F_NACK },
+};
+
+static enum usps__frame_type frame_type(struct usps__span v)
+{
+	size_t count = sizeof(frame_types) / sizeof(frame_types[0]);
+
+	if (v.n < 2 || v.p[0] != '"')
+		return USPS__F_UNKNOWN;
+	for (size_t i = 0; i < count; i++)
+		if (usps__json_string_eq(v, frame_types[i].name.s,
+					 frame_types[i].name.n))
+			return frame_types[i].type;
+	return USPS__F_UNKNOWN;
+}
+
+static enum usps__opt_kind opt_kind(struct usps__span v)
+{
+	if (!v.n)
+		return USPS__OPT_ABSENT;
+	switch (v.p[0]) {
+	case 'n':
+		return USPS__OPT_NULL;
+	case '"':
+		return USPS__OPT_STRING;
+	case '{':
+		return is_envelope(v, "Undefined", 9, NULL)
+			       ? USPS__OPT_UNDEFINED
+			       : USPS__OPT_OTHER;
+	default:
+		return USPS__OPT_OTHER;
+	}
+}
+
+int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
+{
+	const uint8_t *s, *e;
+	struct usps__span top[K_COUNT] = { { NULL, 0 } };
+
+	*f = (struct usps__frame){ .type = USPS__F_UNKNOWN };
+	if (!n)
+		return -EPROTO;
+	s = (const uint8_t *)line;
+	e = s + n;
+	s = skip_ws(s, e);
+	if (s == e || *s != '{')
+		return -EPROTO;
+	if (json_scan((const char *)s, (size_t)(e - s), top) < 0)
+		return -EPROTO;
+	f->type = frame_type(top[K_TYPE]);
+	f->topic = top[K_TOPIC];
+	f->group = top[K_GROUP];
+	f->group_kind = opt_kind(top[K_GROUP]);
+	f->event = top[K_EVENT];
+	f->local_only = span_is_true(top[K_LOCAL]);
+	return 0;
+}
+
+/* clang-format off */
+static const struct name event_keys[] = {
+	{ "type", 4 },
+	{ "id", 2 },
+	{ "runId", 5 },
+	{ "data", 4 },
+	{ "createdAt", 9 },
+	{ "deliveryAttempt", 15 },
+};
+/* clang-format on */
+
+int usps__wire_event_fields(struct usps__span ev, struct usps__event_fields *f)
+{
+	struct usps__span k, v;
+	struct walk w;
+
+	memset(f, 0, sizeof(*f));
+	if (walk_init(&w, ev) < 0 || !w.obj)
+		return -EINVAL;
+	while (walk_next(&w, &k, &v)) {
+		switch (key_lookup(k, event_keys, 6)) {
+		case 1:
+			f->type = v;
+			break;
+		case 2:
+			f->id = v;
+			break;
+		case 3:
+			f->run_id = v;
+			break;
+		case 4:
+			f->data = v;
+			break;
+		case 5:
+			f->created_at = v;
+			break;
+		case 6:
+			f->delivery_attempt = v;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+int usps__wire_created_at_ms(struct usps__span s, int64_t *ret_ms)
+{
+	char buf[128];
+	size_t n;
+
+	switch (usps__json_kind(s)) {
+	case USPS__J_OBJECT:
+		if (!is_envelope(s, "Date", 4, &s))
+			return -EINVAL;
+		break;
+	case USPS__J_STRING:
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (s.n > sizeof(buf) || usps__json_kind(s) != USPS__J_STRING ||
+	    usps__json_string_decode(s, buf, &n) < 0)
+		return -EINVAL;
+	return usps__iso8601_parse(buf, n, ret_ms);
+}
+
+/* ---- time ---------------------------------------------------------- */
+
+#define MS_PER_DAY INT64_C(86400000)
+/* The range of a JavaScript Date: +-1e8 days around the epoch. */
+#define MS_MAX (INT64_C(100000000) * MS_PER_DAY)
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+	int64_t era, yoe, doy, doe;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *ret_y, unsigned *ret_m,
+			    unsigned *ret_d)
+{
+	int64_t era, doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*ret_d = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
+	*ret_m = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
+	*ret_y = yoe + era * 400 + (*ret_m <= 2);
+}
+
+/* Write @v in decimal, zero-padded to @width digits. */
+static char *put_dec(char *o, uint64_t v, int width)
+{
+	char tmp[20];
+	int n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n < width)
+		tmp[n++] = '0';
+	while (n)
+		*o++ = tmp[--n];
+	return o;
+}
+
+size_t usps__iso8601_ms(char out[32], int64_t ms)
+{
+	int64_t days = ms / MS_PER_DAY, rem = ms % MS_PER_DAY, y;
+	unsigned m, d;
+	char *o = out;
+
+	if (rem < 0) {
+		rem += MS_PER_DAY;
+		days--;
+	}
+	civil_from_days(days, &y, &m, &d);
+	if (y < 0) {
+		*o++ = '-';
+		o = put_dec(o, (uint64_t)-y, 6);
+	} else if (y > 9999) {
+		*o++ = '+';
+		o = put_dec(o, (uint64_t)y, 6);
+	} else {
+		o = put_dec(o, (uint64_t)y, 4);
+	}
+	*o++ = '-';
+	o = put_dec(o, m, 2);
+	*o++ = '-';
+	o = put_dec(o, d, 2);
+	*o++ = 'T';
+	o = put_dec(o, (uint64_t)(rem / 3600000), 2);
+	*o++ = ':';
+	o = put_dec(o, (uint64_t)(rem / 60000 % 60), 2);
+	*o++ = ':';
+	o = put_dec(o, (uint64_t)(rem / 1000 % 60), 2);
+	*o++ = '.';
+	o = put_dec(o, (uint64_t)(rem % 1000), 3);
+	*o++ = 'Z';
+	*o = '\0';
+	return (size_t)(o - out);
+}
+
+/* Exactly @k digits at *@s (advanced), or -1. */
+static int64_t digits(const uint8_t **s, const uint8_t *e, int k)
+{
+	int64_t v = 0;
+
+	if (e - *s < k)
+		return -1;
+	for (int i = 0; i < k; i++) {
+		if (!is_digit((*s)[i]))
+			return -1;
+		v = v * 10 + ((*s)[i] - '0');
+	}
+	*s += k;
+	return v;
+}
+
+static bool expect(const uint8_t **s, const uint8_t *e, uint8_t c)
+{
+	if (*s == e || **s != c)
+		return false;
+	(*s)++;
+	return true;
+}
+
+int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms)
+{
+	static const uint8_t mdays[] = { 31, 29, 31, 30, 31, 30,
+					 31, 31, 30, 31, 30, 31 };
+	const uint8_t *s, *e;
+	int64_t y, mo, d, h, mi, sec, frac = 0, off = 0, ms;
+	bool neg = false;
+
+	if (!n)
+		return -EINVAL;
+	s = (const uint8_t *)p;
+	e = s + n;
+	if (*s == '+' || *s == '-') {
+		neg = *s++ == '-';
+		y = digits(&s, e, 6);
+		/* ECMA-262: "-000000" is not a valid year. */
+		if (y < 0 || (neg && y == 0))
+			return -EINVAL;
+		if (neg)
+			y = -y;
+	} else {
+		y = digits(&s, e, 4);
+		if (y < 0)
+			return -EINVAL;
+	}
+	if (!expect(&s, e, '-') || (mo = digits(&s, e, 2)) < 1 || mo > 12 ||
+	    !expect(&s, e, '-') || (d = digits(&s, e, 2)) < 1 ||
+	    d > mdays[mo - 1] || !expect(&s, e, 'T') ||
+	    (h = digits(&s, e, 2)) < 0 || h > 24 || !expect(&s, e, ':') ||
+	    (mi = digits(&s, e, 2)) < 0 || mi > 59 || !expect(&s, e, ':') ||
+	    (sec = digits(&s, e, 2)) < 0 || sec > 59)
+		return -EINVAL;
+	if (mo == 2 && d == 29 &&
+	    !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+		return -EINVAL;
+	if (s < e && *s == '.') {
+		int k = 0;
+
+		s++;
+		while (s < e && is_digit(*s)) {
+			if (k < 3)
+				frac = frac * 10 + (*s - '0');
+			k++;
+			s++;
+		}
+		if (!k)
+			return -EINVAL;
+		for (; k < 3; k++)
+			frac *= 10;
+	}
+	/* 24:00 is allowed as the end of a day, nothing past it. */
+	if (h == 24 && (mi || sec || frac))
+		return -EINVAL;
+	if (s < e && (*s == '+' || *s == '-')) {
+		int64_t oh, om;
+		bool east = *s++ == '+';
+
+		if ((oh = digits(&s, e, 2)) < 0 || oh > 23 ||
+		    !expect(&s, e, ':') || (om = digits(&s, e, 2)) < 0 ||
+		    om > 59)
+			return -EINVAL;
+		off = (oh * 60 + om) * 60000;
+		if (east)
+			off = -off;
+	} else if (!expect(&s, e, 'Z')) {
+		return -EINVAL;
+	}
+	if (s != e)
+		return -EINVAL;
+	ms = days_from_civil(y, (unsigned)mo, (unsigned)d) * MS_PER_DAY +
+	     h * 3600000 + mi * 60000 + sec * 1000 + frac + off;
+	if (ms > MS_MAX || ms < -MS_MAX)
+		return -EINVAL;
+	*ret_ms = ms;
+	return 0;
+}
+
+/* ---- UUIDs --------------------------------------------------------- */
+
+void usps__uuidgen_init(struct usps__uuidgen *g)
+{
+	g->pos = sizeof(g->pool);
+}
+
+static int refill(struct usps__uuidgen *g)
+{
+	size_t off = 0;
+
+	while (off < sizeof(g->pool)) {
+		ssize_t r = getrandom(g->pool + off, sizeof(g->pool) - off, 0);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		off += (size_t)r;
+	}
+	g->pos = 0;
+	return 0;
+}
+
+int usps__uuid4(struct usps__uuidgen *g, char out[37])
+{
+	uint8_t u[16];
+	char *o = out;
+	int r;
+
+	if (g->pos > sizeof(g->pool) - sizeof(u)) {
+		r = refill(g);
+		if (r < 0)
+			return r;
+	}
+	memcpy(u, g->pool + g->pos, sizeof(u));
+	g->pos += sizeof(u);
+	u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
+	u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+	for (size_t i = 0; i < sizeof(u); i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*o++ = '-';
+		*o++ = hexchars[u[i] >> 4];
+		*o++ = hexchars[u[i] & 15];
+	}
+	*o = '\0';
+	return 0;
+}
+
+/* ---- frames out ---------------------------------------------------- */
+
+#define UNDEFINED_ENV "{\"__m_codec__\":\"Undefined\"}"
+
+int usps__wire_put_membership(struct usps__buf *b, bool unsubscribe,
+			      const char *topic, size_t topic_len,
+			      const char *group, size_t group_len)
+{
+	size_t old = b->len;
+	int r;
+
+	r = unsubscribe ? PUT_LIT(b, "{\"type\":\"unsubscribe\",\"topic\":")
+			: PUT_LIT(b, "{\"type\":\"subscribe\",\"topic\":");
+	if (r < 0 || usps__json_put_string(b, topic, topic_len) < 0)
+		goto rollback;
+	if (group && (PUT_LIT(b, ",\"group\":") < 0 ||
+		      usps__json_put_string(b, group, group_len) < 0))
+		goto rollback;
+	if (PUT_LIT(b, "}\n") < 0)
+		goto rollback;
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}
+
+int usps__wire_put_ack(struct usps__buf *b, bool unsubscribe,
+		       struct usps__span topic, struct usps__span group)
+{
+	size_t old = b->len;
+	int r;
+
+	r = unsubscribe ? PUT_LIT(b, "{\"type\":\"unsubscribed\",\"topic\":")
+			: PUT_LIT(b, "{\"type\":\"subscribed\",\"topic\":");
+	if (r < 0)
+		goto rollback;
+	r = topic.n ? put_span(b, topic) : PUT_LIT(b, UNDEFINED_ENV);
+	if (r < 0)
+		goto rollback;
+	if (group.n &&
+	    (PUT_LIT(b, ",\"group\":") < 0 || put_span(b, group) < 0))
+		goto rollback;
+	if (PUT_LIT(b, "}\n") < 0)
+		goto rollback;
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}
+
+/* The members inside a raw object's braces, trimmed; n == 0 if none. */
+static struct usps__span object_inner(struct usps__span v)
+{
+	const uint8_t *s, *e;
+
+	if (!v.n)
+		return v;
+	s = (const uint8_t *)v.p;
+	e = s + v.n;
+	s = skip_ws(s, e);
+	while (e > s && is_ws(e[-1]))
+		e--;
+	if (e - s < 2 || *s != '{' || e[-1] != '}')
+		return (struct usps__span){ NULL, 0 };
+	s = skip_ws(s + 1, e - 1);
+	e--;
+	while (e > s && is_ws(e[-1]))
+		e--;
+	return (struct usps__span){ (const char *)s, (size_t)(e - s) };
+}
+
+int usps__wire_put_publish(struct usps__buf *b, const char *topic,
+			   size_t topic_len, const char *type, size_t type_len,
+			   const char *run_id, struct usps__span data,
+			   struct usps__span extra)
+{
+	struct usps__span inner = object_inner(extra);
+	size_t old = b->len, guess = 64 + topic_len + type_len + data.n;
+
+	if (usps__buf_reserve(b, guess + extra.n) < 0 ||
+	    PUT_LIT(b, "{\"type\":\"publish\",\"topic\":") < 0 ||
+	    usps__json_put_string(b, topic, topic_len) < 0 ||
+	    PUT_LIT(b, ",\"event\":{\"type\":") < 0 ||
+	    usps__json_put_string(b, type, type_len) < 0)
+		goto rollback;
+	if (run_id && (PUT_LIT(b, ",\"runId\":") < 0 ||
+		       usps__json_put_string(b, run_id, strlen(run_id)) < 0))
+		goto rollback;
+	if (PUT_LIT(b, ",\"data\":") < 0 ||
+	    (data.n ? put_compact(b, data) : PUT_LIT(b, "null")) < 0)
+		goto rollback;
+	if (inner.n && (PUT_LIT(b, ",") < 0 || put_compact(b, inner) < 0))
+		goto rollback;
+	if (PUT_LIT(b, "}}\n") < 0)
+		goto rollback;
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}
+
+/* The stamped members, and S_ANY: some member was written, a comma is due. */
+enum {
+	S_ID = 1,
+	S_CREATED = 2,
+	S_ATTEMPT = 4,
+	S_ANY = 8,
+};
+
+struct stamp {
+	const char *uuid;
+	char iso[32];
+	size_t iso_len;
+};
+
+/* The stamped value @which (S_*). */
+static int put_stamp_value(struct usps__buf *b, const struct stamp *st,
+			   int which)
+{
+	switch (which) {
+	case S_ID:
+		if (PUT_LIT(b, "\"") < 0 || put(b, st->uuid, 36) < 0)
+			return -ENOMEM;
+		return PUT_LIT(b, "\"");
+	case S_CREATED:
+		if (PUT_LIT(b, "{\"__m_codec__\":\"Date\",\"v\":\"") < 0 ||
+		    put(b, st->iso, st->iso_len) < 0)
+			return -ENOMEM;
+		return PUT_LIT(b, "\"}");
+	default:
+		return PUT_LIT(b, "1");
+	}
+}
+
+static int stamp_key(struct usps__span k)
+{
+	static const struct name keys[] = {
+		{ "id", 2 },
+		{ "createdAt", 9 },
+		{ "deliveryAttempt", 15 },
+	};
+
+	/* Quick reject: only three lengths can match without escapes. */
+	if (k.n != 4 && k.n != 11 && k.n != 17 && !memchr(k.p, '\\', k.n))
+		return 0;
+	switch (key_lookup(k, keys, 3)) {
+	case 1:
+		return S_ID;
+	case 2:
+		return S_CREATED;
+	case 3:
+		return S_ATTEMPT;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Object event: copy the member text verbatim in runs, swapping in the
+ * stamped value wherever the publisher already had that key (a JS spread
+ * overwrites in place). Returns the S_* bits written, or -ENOMEM.
+ */
+static int put_object_members(struct usps__buf *b, struct walk *w,
+			      const struct stamp *st)
+{
+	struct usps__span k, v;
+	const char *run = NULL, *end = NULL;
+	int have = 0, which;
+
+	while (walk_next(w, &k, &v)) {
+		if (!run)
+			run = k.p;
+		end = v.p + v.n;
+		which = stamp_key(k);
+		if (!which)
+			continue;
+		if (put(b, run, (size_t)(v.p - run)) < 0 ||
+		    put_stamp_value(b, st, which) < 0)
+			return -ENOMEM;
+		have |= which;
+		run = end;
+	}
+	if (run && put(b, run, (size_t)(end - run)) < 0)
+		return -ENOMEM;
+	return have | (end ? S_ANY : 0);
+}
+
+static int put_index_key(struct usps__buf *b, bool comma, size_t i)
+{
+	char tmp[24], *o = tmp;
+
+	if (comma)
+		*o++ = ',';
+	*o++ = '"';
+	o = put_dec(o, i, 1);
+	*o++ = '"';
+	*o++ = ':';
+	return put(b, tmp, (size_t)(o - tmp));
+}
+
+/* Array event: {"0":e0,"1":e1,...}. Returns S_ANY if not empty. */
+static int put_array_members(struct usps__buf *b, struct walk *w)
+{
+	struct usps__span k, v;
+	size_t i = 0;
+
+	while (walk_next(w, &k, &v)) {
+		if (put_index_key(b, i > 0, i) < 0 || put_span(b, v) < 0)
+			return -ENOMEM;
+		i++;
+	}
+	return i ? S_ANY : 0;
+}
+
+/* One UTF-16 code unit as JSON.stringify writes a one-unit string. */
+static int put_unit(struct usps__buf *b, uint32_t u)
+{
+	uint8_t tmp[8];
+
+	if (is_surrogate(u)) {
+		tmp[0] = '"';
+		tmp[1] = '\\';
+		tmp[2] = 'u';
+		tmp[3] = (uint8_t)hexchars[u >> 12];
+		tmp[4] = (uint8_t)hexchars[u >> 8 & 15];
+		tmp[5] = (uint8_t)hexchars[u >> 4 & 15];
+		tmp[6] = (uint8_t)hexchars[u & 15];
+		tmp[7] = '"';
+		return put(b, tmp, 8);
+	}
+	return usps__json_put_string(b, (const char *)tmp, utf8_encode(tmp, u));
+}
+
+/* The code point of the well-formed @n-byte UTF-8 sequence at @r. */
+static uint32_t utf8_decode(const uint8_t *r, size_t n)
+{
+	uint32_t cp = r[0] & (0x7f >> n);
+
+	for (size_t i = 1; i < n; i++)
+		cp = cp << 6 | (r[i] & 0x3f);
+	return cp;
+}
+
+/*
+ * String event: a JS spread of a string gives one member per UTF-16 code
+ * unit, {"0":"a","1":"b"} (spec §2.5); astral characters become two lone
+ * surrogates, which JSON.stringify escapes. Returns S_ANY if not empty.
+ */
+static int put_string_members(struct usps__buf *b, struct usps__span v)
+{
+	const uint8_t *r = (const uint8_t *)v.p + 1, *t;
+	const uint8_t *e = (const uint8_t *)v.p + v.n - 1;
+	uint32_t u[2];
+	size_t i = 0;
+	int k;
+
+	while (r < e) {
+		if (*r == '\\') {
+			t = unescape(r, e, &u[0]);
+			if (!t)
+				break;
+			r = t;
+			k = 1;
+		} else if (*r < 0x80) {
+			u[0] = *r++;
+			k = 1;
+		} else {
+			uint32_t cp;
+
+			t = utf8_seq(r, e);
+			if (!t)
+				break;
+			cp = utf8_decode(r, (size_t)(t - r));
+			r = t;
+			if (cp >= 0x10000) {
+				cp -= 0x10000;
+				u[0] = 0xd800 + (cp >> 10);
+				u[1] = 0xdc00 + (cp & 0x3ff);
+				k = 2;
+			} else {
+				u[0] = cp;
+				k = 1;
+			}
+		}
+		for (int j = 0; j < k; j++, i++)
+			if (put_index_key(b, i > 0, i) < 0 ||
+			    put_unit(b, u[j]) < 0)
+				return -ENOMEM;
+	}
+	return i ? S_ANY : 0;
+}
+
+int usps__wire_put_event_head(struct usps__buf *b, struct usps__span topic,
+			      struct usps__span event, const char uuid[37],
+			      int64_t created_ms)
+{
+	static const int order[] = { S_ID, S_CREATED, S_ATTEMPT };
+	static const struct name keys[] = {
+		{ "\"id\":", 5 },
+		{ "\"createdAt\":", 12 },
+		{ "\"deliveryAttempt\":", 18 },
+	};
+	struct stamp st = { .uuid = uuid };
+	size_t old = b->len;
+	struct walk w;
+	int have = 0;
+
+	st.iso_len = usps__iso8601_ms(st.iso, created_ms);
+	/* One allocation in the common case (an object event). */
+	if (usps__buf_reserve(b, 192 + topic.n + event.n) < 0 ||
+	    PUT_LIT(b, "{\"type\":\"event\",\"topic\":") < 0 ||
+	    (topic.n ? put_span(b, topic) : PUT_LIT(b, UNDEFINED_ENV)) < 0 ||
+	    PUT_LIT(b, ",\"event\":{") < 0)
+		goto rollback;
+	switch (usps__json_kind(event)) {
+	case USPS__J_OBJECT:
+		if (walk_init(&w, event) == 0)
+			have = put_object_members(b, &w, &st);
+		break;
+	case USPS__J_ARRAY:
+		if (walk_init(&w, event) == 0)
+			have = put_array_members(b, &w);
+		break;
+	case USPS__J_STRING:
+		have = put_string_members(b, event);
+		break;
+	default:
+		/* null, numbers, booleans spread to nothing. */
+		break;
+	}
+	if (have < 0)
+		goto rollback;
+	for (size_t i = 0; i < 3; i++) {
+		if (have & order[i])
+			continue;
+		if (((have & S_ANY) && PUT_LIT(b, ",") < 0) ||
+		    put(b, keys[i].s, keys[i].n) < 0 ||
+		    put_stamp_value(b, &st, order[i]) < 0)
+			goto rollback;
+		have |= S_ANY;
+	}
+	if (PUT_LIT(b, "}") < 0)
+		goto rollback;
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}
+
+int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group)
+{
+	size_t old = b->len;
+
+	if (group.n) {
+		if (PUT_LIT(b, ",\"group\":") < 0 || put_span(b, group) < 0)
+			goto rollback;
+	}
+	if (PUT_LIT(b, "}\n") < 0)
+		goto rollback;
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Mastra UnixSocketPubSub frames: one JSON object per line. This is the only
+ * part of usps that knows JSON. Frames are parsed once, in one pass, into
+ * spans (pointers into the caller's line) without building a DOM, and built
+ * straight into growable byte buffers.
+ */
+#ifndef USPS_WIRE_H
+#define USPS_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Deepest nesting of arrays/objects accepted in any JSON text. */
+#define USPS__JSON_MAX_DEPTH 512
+
+/* Raw JSON text of one value inside a line; n == 0 means absent. */
+struct usps__span {
+	const char *p;
+	size_t n;
+};
+
+/* A growable byte buffer. Zero-initialised is empty and valid. */
+struct usps__buf {
+	char *p;
+	size_t len;
+	size_t cap;
+};
+
+/* Ensure room for @extra more bytes. 0 or -ENOMEM. */
+int usps__buf_reserve(struct usps__buf *b, size_t extra);
+/* Append @n bytes. 0 or -ENOMEM (b unchanged then). */
+int usps__buf_put(struct usps__buf *b, const void *p, size_t n);
+/* Free the storage, leave an empty buffer. */
+void usps__buf_free(struct usps__buf *b);
+
+/*
+ * usps__json_validate() - is [p, p+n) exactly one JSON value (RFC 8259),
+ * optionally surrounded by whitespace, in valid UTF-8 (no overlongs, no
+ * surrogates encoded in UTF-8, nothing above U+10FFFF), nested at most
+ * USPS__JSON_MAX_DEPTH deep? Iterative: no recursion, no allocation.
+ * Returns 0 or -EINVAL.
+ */
+int usps__json_validate(const char *p, size_t n);
+
+/*
+ * usps__json_is_object() - like usps__json_validate() and the value is an
+ * object. 0 or -EINVAL.
+ */
+int usps__json_is_object(const char *p, size_t n);
+
+/* Kind of the value @s (first byte): */
+enum usps__json_kind {
+	USPS__J_ABSENT,
+	USPS__J_NULL,
+	USPS__J_BOOL,
+	USPS__J_NUMBER,
+	USPS__J_STRING,
+	USPS__J_ARRAY,
+	USPS__J_OBJECT,
+};
+enum usps__json_kind usps__json_kind(struct usps__span s);
+
+/*
+ * usps__json_string_decode() - decode the JSON string literal @s (with its
+ * quotes, already validated) into UTF-8 at @out, which must hold s.n bytes.
+ * Escapes are resolved; \u0000 yields a NUL byte; a lone surrogate escape
+ * becomes U+FFFD. Stores the decoded length (no NUL appended) in *ret_len.
+ * Returns 0, or -EINVAL if @s is not a string literal.
+ */
+int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len);
+
+/*
+ * usps__json_string_eq() - does the string literal @s decode to exactly
+ * the @n bytes at @lit? Fast path for literals without escapes.
+ */
+bool usps__json_string_eq(struct usps__span s, const char *lit, size_t n);
+
+/*
+ * usps__json_put_string() - append @s (@n bytes of valid UTF-8) to @b as a
+ * JSON string literal, escaping as JSON.stringify does (", \, control
+ * characters; \b \f \n \r \t short forms, others \u00XX lowercase hex).
+ * 0 or -ENOMEM.
+ */
+int usps__json_put_string(struct usps__buf *b, const char *s, size_t n);
+
+/* Is [p, p+n) valid UTF-8 (same rules as usps__json_validate())? */
+bool usps__utf8_valid(const char *p, size_t n);
+
+/* Frame types, by the top-level "type" member. */
+enum usps__frame_type {
+	USPS__F_UNKNOWN,	/* valid JSON object, type missing or unknown */
+	USPS__F_SUBSCRIBE,
+	USPS__F_UNSUBSCRIBE,
+	USPS__F_PUBLISH,
+	USPS__F_SUBSCRIBED,
+	USPS__F_UNSUBSCRIBED,
+	USPS__F_EVENT,
+	USPS__F_ACK,
+	USPS__F_NACK,
+};
+
+/* How a "group" (or "localOnly") member was given. */
+enum usps__opt_kind {
+	USPS__OPT_ABSENT,	/* no such member */
+	USPS__OPT_UNDEFINED,	/* {"__m_codec__":"Undefined"} */
+	USPS__OPT_NULL,		/* null */
+	USPS__OPT_STRING,	/* a string */
+	USPS__OPT_OTHER,	/* anything else */
+};
+
+/*
+ * One parsed frame. Spans point into the line given to usps__wire_parse()
+ * and are the raw JSON text of each top-level member (the last one wins if
+ * a key repeats, as JSON.parse does).
+ */
+struct usps__frame {
+	enum usps__frame_type type;
+	struct usps__span topic;	/* n == 0: absent */
+	struct usps__span group;	/* n == 0: absent */
+	enum usps__opt_kind group_kind;
+	struct usps__span event;	/* n == 0: absent */
+	bool local_only;		/* "localOnly" is exactly true */
+};
+
+/*
+ * usps__wire_parse() - parse one line (without its '\n'; surrounding JSON
+ * whitespace such as a trailing '\r' is fine) into @f.
+ * Returns 0 if the whole line is one valid JSON object (see
+ * usps__json_validate()), with f->type USPS__F_UNKNOWN for a missing or
+ * unknown "type"; -EPROTO for anything else (blank line, invalid JSON or
+ * UTF-8, too deep, not an object), in which case Mastra drops the line.
+ */
+int usps__wire_parse(const char *line, size_t n, struct usps__frame *f);
+
+/* The stamped and usual members of an event object, as raw spans. */
+struct usps__event_fields {
+	struct usps__span type;		/* n == 0: absent */
+	struct usps__span id;
+	struct usps__span run_id;
+	struct usps__span data;
+	struct usps__span created_at;
+	struct usps__span delivery_attempt;
+};
+
+/*
+ * usps__wire_event_fields() - find the members above in the event object
+ * @ev (already validated as part of its frame). Last occurrence wins.
+ * Returns 0, or -EINVAL if @ev is not an object.
+ */
+int usps__wire_event_fields(struct usps__span ev, struct usps__event_fields *f);
+
+/*
+ * usps__wire_created_at_ms() - the time in @s as Unix milliseconds: either
+ * the Date envelope {"__m_codec__":"Date","v":"<ISO-8601>"} or a bare ISO
+ * string. Returns 0 and stores *ret_ms, or -EINVAL.
+ */
+int usps__wire_created_at_ms(struct usps__span s, int64_t *ret_ms);
+
+/*
+ * usps__iso8601_ms() - format @ms as JavaScript's toISOString() does,
+ * "2026-11-25T00:16:50.065Z" (24 chars for years 0..9999; 27 with a
+ * sign and six-digit year otherwise). Writes a NUL; @out holds 32.
+ * Returns the length.
+ */
+size_t usps__iso8601_ms(char out[32], int64_t ms);
+
+/*
+ * usps__iso8601_parse() - parse the formats Date.parse() gives for
+ * toISOString() output ("YYYY-MM-DDTHH:MM:SS(.sss)?Z", also with
+ * +HH:MM / -HH:MM offsets, and +/-YYYYYY years). 0 or -EINVAL.
+ */
+int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms);
+
+/* Source of UUID v4s: random bytes from getrandom(2), refilled in blocks. */
+struct usps__uuidgen {
+	uint8_t pool[4096];
+	size_t pos;	/* bytes used; sizeof(pool) means empty */
+};
+void usps__uuidgen_init(struct usps__uuidgen *g);
+/*
+ * usps__uuid4() - write a lowercase UUID v4, 36 chars plus NUL, to @out.
+ * Returns 0, or a negative errno if getrandom(2) failed.
+ */
+int usps__uuid4(struct usps__uuidgen *g, char out[37]);
+
+/*
+ * Builders. Each appends exactly one frame, ending in '\n', to @b, and
+ * returns 0 or -ENOMEM (with @b back at its old length). Key order and
+ * spelling are those of a Node peer (spec §2.2, §2.3).
+ */
+
+/* {"type":"subscribe"|"unsubscribe","topic":T} or ...,"group":G} */
+int usps__wire_put_membership(struct usps__buf *b, bool unsubscribe,
+			      const char *topic, size_t topic_len,
+			      const char *group, size_t group_len /* group NULL: none */);
+
+/*
+ * {"type":"subscribed"|"unsubscribed","topic":<raw>[,"group":<raw>]}
+ * Echoes a request's raw spans. An absent topic (n == 0) is written as the
+ * Undefined envelope; an absent group (n == 0) is omitted.
+ */
+int usps__wire_put_ack(struct usps__buf *b, bool unsubscribe,
+		       struct usps__span topic, struct usps__span group);
+
+/*
+ * {"type":"publish","topic":T,"event":{"type":Y[,"runId":R],"data":D
+ * [,<extra members>]}}. @data is raw JSON (n == 0: null). @extra is a raw
+ * JSON object whose members are spliced in (n == 0 or "{}": none).
+ */
+int usps__wire_put_publish(struct usps__buf *b, const char *topic,
+			   size_t topic_len, const char *type, size_t type_len,
+			   const char *run_id /* NULL: none */,
+			   struct usps__span data, struct usps__span extra);
+
+/*
+ * The broker's stamped event frame, without its end:
+ * {"type":"event","topic":<raw topic>,"event":{<publisher's members, in
+ * order, with "id", "createdAt" and "deliveryAttempt" replaced in place where
+ * present>,"id":"<uuid>","createdAt":{"__m_codec__":"Date","v":"<iso>"},
+ * "deliveryAttempt":1}
+ * (the stamped members not already present are appended in that order).
+ * @event n == 0 or a non-object: stamped members only ({"id":...}). An
+ * array event spreads as {"0":e0,"1":e1,...} as JS does. The caller then
+ * appends "}\n" for fan-out, or usps__wire_put_group_tail() for a group.
+ */
+int usps__wire_put_event_head(struct usps__buf *b, struct usps__span topic,
+			      struct usps__span event, const char uuid[37],
+			      int64_t created_ms);
+
+/* ,"group":<raw group>}\n */
+int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group);
+
+#endif /* USPS_WIRE_H */
