@@ -61,7 +61,8 @@ typedef struct usps_event {
 	const char *run_id;	/* event "runId"; NULL if absent or not a string */
 	const char *data;	/* event "data" as JSON text, verbatim; NULL if absent */
 	size_t data_len;
-	const char *event_json;	/* the whole event object as JSON text */
+	const char *event_json;	/* the whole event object as JSON text, for
+				 * fields beyond these (NOT NUL-terminated) */
 	size_t event_json_len;
 	int64_t created_at_ms;	/* Unix ms from "createdAt"; INT64_MIN if absent
 				 * or not a date */
@@ -214,7 +215,9 @@ USPS_API int usps_unsubscribe(usps *ps, usps_sub *sub);
  * usps_publish() - publish an event of @type with @data on @topic.
  *
  * @data_json is JSON text of @data_len bytes (NULL means JSON null); it is
- * checked, copied and sent verbatim. The broker stamps the event's id,
+ * checked, copied and sent verbatim, except that whitespace between tokens
+ * is dropped (as JSON.stringify would write it; strings are never touched).
+ * The broker stamps the event's id,
  * createdAt and deliveryAttempt. Returns 0 once the event is queued for the
  * broker (or, as broker, for routing): use usps_flush() to wait until it is
  * written out. With USPS_LOCAL_ONLY the event goes to this process's own

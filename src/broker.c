@@ -727,13 +727,13 @@ void usps__broker_tick(usps *ps)
 			peer_lines(ps, ps->peers[i]);
 }
 
-int usps__broker_accept(usps *ps)
+int usps__broker_accept(usps *ps, int lfd)
 {
 	for (;;) {
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
 		struct peer *p;
-		int fd = accept4(ps->listenfd, NULL, NULL,
+		int fd = accept4(lfd, NULL, NULL,
 				 SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {

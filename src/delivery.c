@@ -164,6 +164,10 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	}
 	atomic_init(&e->refs, (unsigned)n);
 	pthread_mutex_lock(&ps->dq_lock);
+	/* The delivery thread sleeps only on an empty queue (dq_cond also
+	 * serves unsubscribe and flush waiters: broadcast). */
+	if (!ps->dq_head)
+		pthread_cond_broadcast(&ps->dq_cond);
 	if (ps->dq_tail)
 		ps->dq_tail->next = first;
 	else
@@ -171,7 +175,6 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	ps->dq_tail = last;
 	ps->dq_enq += n;
 	ps->dq_bytes += e->bytes * n;
-	pthread_cond_signal(&ps->dq_cond);
 	pthread_mutex_unlock(&ps->dq_lock);
 	return 0;
 }

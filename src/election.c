@@ -291,8 +291,8 @@ static int become_broker(usps *ps, int fd)
 {
 	int r;
 
-	ps->listenfd = fd;
-	r = usps__engine_watch_fd(ps, fd, &ps->listen_ioh, EPOLLIN, false);
+	ps->lst[0].fd = fd;
+	r = usps__engine_watch_fd(ps, fd, &ps->lst[0].ioh, EPOLLIN, false);
 	if (r < 0)
 		return r;
 	ps->broker_pid = getpid();
@@ -398,14 +398,17 @@ void usps__election_resign(usps *ps, bool unlink_path)
 {
 	struct stat st;
 
-	if (ps->listenfd >= 0) {
+	if (ps->lst[0].fd >= 0) {
 		/* Remove the path only if it is still our socket: never a
 		 * successor's. */
 		if (unlink_path && lstat(ps->path, &st) == 0 &&
 		    st.st_dev == ps->sock_dev && st.st_ino == ps->sock_ino)
 			(void)unlink(ps->path);
-		close(ps->listenfd);
-		ps->listenfd = -1;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (ps->lst[i].fd >= 0)
+			close(ps->lst[i].fd);
+		ps->lst[i].fd = -1;
 	}
 	if (unlink_path && ps->lock_held)
 		(void)unlink(ps->lock_path);
@@ -444,9 +447,15 @@ void usps__election_watch(usps *ps)
 			step_down(ps);
 		return;
 	}
-	close(ps->listenfd);
-	ps->listenfd = fd;
-	if (usps__engine_watch_fd(ps, fd, &ps->listen_ioh, EPOLLIN, false) < 0)
+	if (ps->lst[1].fd >= 0)
+		close(ps->lst[1].fd);
+	ps->lst[1].fd = ps->lst[0].fd;
+	ps->lst[0].fd = fd;
+	/* Same fds, new roles: re-point both registrations. */
+	if (ps->lst[1].fd >= 0)
+		(void)usps__engine_watch_fd(ps, ps->lst[1].fd, &ps->lst[1].ioh,
+					    EPOLLIN, true);
+	if (usps__engine_watch_fd(ps, fd, &ps->lst[0].ioh, EPOLLIN, false) < 0)
 		step_down(ps);
 }
 

@@ -147,10 +147,13 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 				;
 			break;
 		}
-		case IOH_LISTEN:
-			if (ps->role == ROLE_BROKER && ps->listenfd >= 0)
-				(void)usps__broker_accept(ps);
+		case IOH_LISTEN: {
+			struct listener *l = (struct listener *)h;
+
+			if (ps->role == ROLE_BROKER && l->fd >= 0)
+				(void)usps__broker_accept(ps, l->fd);
 			break;
+		}
 		case IOH_PEER:
 			if (ps->role == ROLE_BROKER)
 				usps__broker_peer_io(ps, (struct peer *)h, e);

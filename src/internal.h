@@ -188,7 +188,7 @@ struct peer {
 	struct peer *dirty_next;
 };
 
-int usps__broker_accept(usps *ps);
+int usps__broker_accept(usps *ps, int lfd);
 void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events);
 /*
  * Route one publish frame (line parsed as @f) from @from (ps->self for the
@@ -286,8 +286,15 @@ struct usps {
 	/* election and broker tenure */
 	int lockfd;		/* open always; flock held while broker */
 	bool lock_held;
-	int listenfd;
-	struct ioh listen_ioh;
+	/*
+	 * Listening sockets: [0] is bound at the path now. A rebind (the path
+	 * was deleted) keeps the previous one in [1], since its socket may
+	 * still be reachable under another name (renamed, hard-linked).
+	 */
+	struct listener {
+		struct ioh ioh;
+		int fd;
+	} lst[2];
 	dev_t sock_dev;
 	ino_t sock_ino;
 	int inofd;

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -97,13 +98,11 @@ static int cond_init(pthread_cond_t *c)
 
 static char *concat(const char *a, const char *b)
 {
-	size_t na = strlen(a), nb = strlen(b);
-	char *s = malloc(na + nb + 1);
+	size_t n = strlen(a) + strlen(b) + 1;
+	char *s = malloc(n);
 
-	if (s) {
-		memcpy(s, a, na);
-		memcpy(s + na, b, nb + 1);
-	}
+	if (s)
+		(void)snprintf(s, n, "%s%s", a, b);
 	return s;
 }
 
@@ -211,10 +210,11 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	ps->opt = o;
 	ps->uid = geteuid();
 	ps->epfd = ps->wakefd = ps->inofd = -1;
-	ps->lockfd = ps->listenfd = ps->connfd = -1;
+	ps->lockfd = ps->connfd = -1;
+	ps->lst[0].fd = ps->lst[1].fd = -1;
 	ps->self.fd = -1;
 	ps->wake_ioh.kind = IOH_WAKE;
-	ps->listen_ioh.kind = IOH_LISTEN;
+	ps->lst[0].ioh.kind = ps->lst[1].ioh.kind = IOH_LISTEN;
 	ps->conn_ioh.kind = IOH_CONN;
 	ps->ino_ioh.kind = IOH_INOTIFY;
 	ps->path_len = strlen(socket_path);

@@ -221,8 +221,9 @@ int usps__wire_put_publish(struct usps__buf *b, const char *topic,
  * present>,"id":"<uuid>","createdAt":{"__m_codec__":"Date","v":"<iso>"},
  * "deliveryAttempt":1}
  * (the stamped members not already present are appended in that order).
- * @event n == 0 or a non-object: stamped members only ({"id":...}). An
- * array event spreads as {"0":e0,"1":e1,...} as JS does. The caller then
+ * @event n == 0, null, a number or a boolean: stamped members only
+ * ({"id":...}). An array spreads as {"0":e0,"1":e1,...} and a string as one
+ * member per UTF-16 unit, as a JavaScript object spread does. The caller then
  * appends "}\n" for fan-out, or usps__wire_put_group_tail() for a group.
  */
 int usps__wire_put_event_head(struct usps__buf *b, struct usps__span topic,

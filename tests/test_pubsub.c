@@ -1136,6 +1136,106 @@ TEST(directory_checks)
 	CHECK_EQ_INT(usps_open(&b, p, NULL), -ENOTDIR);
 }
 
+
+struct path_arg {
+	const char *path;
+	ino_t not_ino;
+};
+
+static bool path_back(void *a)
+{
+	struct path_arg *pa = a;
+	struct stat st;
+
+	return stat(pa->path, &st) == 0 && st.st_ino != pa->not_ino;
+}
+
+/* 31: the socket file deleted under a live broker is bound again; a
+ * newcomer joins it rather than becoming a second broker. */
+TEST(deleted_path_rebound)
+{
+	usps *b = NULL, *c = NULL, *d = NULL;
+	struct col cc, cd;
+	struct stat st;
+	usps_sub *s;
+
+	col_init(&cc);
+	col_init(&cd);
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &s), 0);
+	REQUIRE(stat(sock(), &st) == 0);
+	CHECK_EQ_INT(unlink(sock()), 0);
+	struct path_arg pa = { sock(), st.st_ino };
+
+	CHECK(eventually(path_back, &pa, 3000));
+	REQUIRE(open_default(&d, sock()) == 0);
+	CHECK(usps_is_broker(b));
+	CHECK(!usps_is_broker(c) && !usps_is_broker(d));
+	CHECK_EQ_INT(usps_subscribe(d, "t", NULL, col_handler, &cd, &s), 0);
+	CHECK_EQ_INT(PUB(d, "t", "both"), 0);
+	CHECK(col_wait_type(&cc, "both", 2000));
+	CHECK(col_wait_type(&cd, "both", 2000));
+	usps_close(d);
+	usps_close(c);
+	usps_close(b);
+	col_free(&cc);
+	col_free(&cd);
+}
+
+static bool not_broker_fn(void *a)
+{
+	return !usps_is_broker(a);
+}
+
+/* 30, 32: another broker's socket put at our path: the old broker steps
+ * down and follows it, with its clients; exactly one broker remains. And
+ * the old broker closing later does not remove the new one's socket. */
+TEST(replaced_path_steps_down)
+{
+	usps *b = NULL, *c = NULL, *x = NULL, *late = NULL;
+	struct col cb, cc, cx;
+	char other[PATH_MAX];
+	struct stat st;
+	usps_sub *s;
+
+	col_init(&cb);
+	col_init(&cc);
+	col_init(&cx);
+	harness_path(other, "other.sock");
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	REQUIRE(open_default(&x, other) == 0);
+	CHECK_EQ_INT(usps_subscribe(b, "t", NULL, col_handler, &cb, &s), 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &s), 0);
+	CHECK_EQ_INT(usps_subscribe(x, "t", NULL, col_handler, &cx, &s), 0);
+	/* x's socket now answers at our path (as a broker elected by a
+	 * process that could not see ours would). */
+	CHECK_EQ_INT(rename(other, sock()), 0);
+	CHECK(eventually(not_broker_fn, b, 3000));
+	CHECK(wait_clients(x, 2, 3000));
+	CHECK(!usps_is_broker(c));
+	CHECK_EQ_INT(PUB(c, "t", "after"), 0);
+	CHECK(col_wait_type(&cb, "after", 3000));
+	CHECK(col_wait_type(&cx, "after", 3000));
+	CHECK(col_wait_type(&cc, "after", 3000));
+	/* The old broker leaving must not remove the new broker's socket. */
+	REQUIRE(stat(sock(), &st) == 0);
+	usps_close(b);
+	struct stat st2;
+
+	CHECK(stat(sock(), &st2) == 0 && st2.st_ino == st.st_ino);
+	REQUIRE(open_default(&late, sock()) == 0);
+	CHECK(!usps_is_broker(late));
+	CHECK(usps_is_broker(x));
+	usps_close(late);
+	usps_close(c);
+	usps_close(x);
+	col_free(&cb);
+	col_free(&cc);
+	col_free(&cx);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1168,5 +1268,7 @@ int main(void)
 	RUN(data_verbatim);
 	RUN(close_cleans_up);
 	RUN(directory_checks);
+	RUN(deleted_path_rebound);
+	RUN(replaced_path_steps_down);
 	return harness_end();
 }
