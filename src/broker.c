@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -635,6 +636,30 @@ ack:
 		free(group);
 }
 
+/* Answer a "usps.status" request (clients other than the asker). */
+static void send_status(usps *ps, struct peer *p)
+{
+	struct usps__chunk *c;
+	char iso[32], line[384];
+	int n;
+
+	(void)usps__iso8601_ms(iso, ps->broker_since_ms);
+	n = snprintf(line, sizeof(line),
+		     "{\"type\":\"usps.status\",\"pid\":%ld,\"uid\":%lu,"
+		     "\"clients\":%zu,\"brokerSinceMs\":%lld,"
+		     "\"brokerSince\":\"%s\",\"version\":\"%s\"}\n",
+		     (long)getpid(), (unsigned long)ps->uid,
+		     ps->npeers ? ps->npeers - 1 : 0,
+		     (long long)ps->broker_since_ms, iso, USPS_VERSION_STRING);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		return;
+	c = usps__chunk_new(line, (size_t)n);
+	if (!c)
+		return;
+	peer_send(ps, p, c);
+	usps__chunk_unref(c);
+}
+
 static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 {
 	struct usps__frame f;
@@ -650,6 +675,9 @@ static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 		break;
 	case USPS__F_PUBLISH:
 		usps__broker_publish(ps, p, &f);
+		break;
+	case USPS__F_STATUS:
+		send_status(ps, p);
 		break;
 	default:
 		break; /* acks, nacks, events, unknown: ignored */

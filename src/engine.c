@@ -48,6 +48,9 @@ void usps__engine_rejoin(usps *ps, int delay_ms)
 {
 	usps__engine_set_role(ps, ROLE_JOINING);
 	ps->next_join_ms = usps__now_ms() + delay_ms;
+	/* A user thread can lose the connection (a failed send) while the
+	 * I/O thread sleeps with no timeout: make it recompute one. */
+	usps__engine_wake(ps);
 }
 
 /*

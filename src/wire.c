@@ -1029,6 +1029,7 @@ static const struct {
 	{ { "unsubscribed", 12 }, USPS__F_UNSUBSCRIBED },
 	{ { "ack", 3 }, USPS__F_ACK },
 	{ { "nack", 4 }, USPS__F_NACK },
+	{ { "usps.status", 11 }, USPS__F_STATUS },
 };
 
 static enum usps__frame_type frame_type(struct usps__span v)

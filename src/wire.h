@@ -99,6 +99,13 @@ enum usps__frame_type {
 	USPS__F_EVENT,
 	USPS__F_ACK,
 	USPS__F_NACK,
+	/*
+	 * "usps.status": a usps extension. A usps broker answers with one
+	 * line {"type":"usps.status","pid":..,"uid":..,"clients":..,
+	 * "brokerSinceMs":..,"brokerSince":"<iso>","version":".."}; a
+	 * Mastra broker ignores it, as it ignores every unknown type.
+	 */
+	USPS__F_STATUS,
 };
 
 /* How a "group" (or "localOnly") member was given. */

@@ -666,6 +666,30 @@ TEST(raw_acks_and_junk)
 	usps_close(b);
 }
 
+/* The usps.status extension: a C broker says who it is. */
+TEST(raw_status_query)
+{
+	usps *b = NULL, *c = NULL;
+	struct raw_reader rr = { 0 };
+	char line[512], want[128];
+	int fd;
+
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	fd = raw_connect(sock());
+	REQUIRE(fd >= 0);
+	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.status\"}\n"), 0);
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
+	snprintf(want, sizeof(want),
+		 "{\"type\":\"usps.status\",\"pid\":%ld,\"uid\":%lu,"
+		 "\"clients\":1,", (long)getpid(), (unsigned long)geteuid());
+	CHECK(strncmp(line, want, strlen(want)) == 0);
+	CHECK(strstr(line, "\"version\":\"" USPS_VERSION_STRING "\"}") != NULL);
+	close(fd);
+	usps_close(c);
+	usps_close(b);
+}
+
 /* 79, 83: duplicate subscribes keep one membership; grouped and ungrouped
  * subscriptions of one connection get two frames; event frames are
  * stamped as a Node broker stamps them. */
@@ -1255,6 +1279,7 @@ int main(void)
 	RUN(publish_too_large);
 	RUN(inbound_frame_limits);
 	RUN(raw_acks_and_junk);
+	RUN(raw_status_query);
 	RUN(raw_event_frames);
 	RUN(raw_legacy_local_only);
 	RUN(client_no_duplicate_subscribe);
