@@ -48,7 +48,8 @@ static inline void col_free(struct col *c)
 	pthread_cond_destroy(&c->cv);
 }
 
-static void col_handler(const usps_event *ev, usps_delivery *d, void *ud)
+static inline void col_handler(const usps_event *ev, usps_delivery *d,
+			       void *ud)
 {
 	struct col *c = ud;
 
