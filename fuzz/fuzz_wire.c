@@ -68,10 +68,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				       ? (struct usps__span){ 0 }
 				       : f.group) == 0)
 		check_json(&b);
-	/* As a client takes an event apart. */
-	if (f.event.n && usps__wire_event_fields(f.event, &ef) == 0 &&
-	    ef.created_at.n)
-		(void)usps__wire_created_at_ms(ef.created_at, &ms);
+	/* As a client takes an event apart: the fields found while parsing
+	 * must be the ones a separate walk finds. */
+	if (f.event.n && usps__wire_event_fields(f.event, &ef) == 0) {
+		const struct usps__span *a = &f.ev.type, *w = &ef.type;
+
+		if (!f.ev_known)
+			abort();
+		for (int i = 0; i < 6; i++)
+			if (a[i].n != w[i].n || (a[i].n && a[i].p != w[i].p))
+				abort();
+		if (ef.created_at.n)
+			(void)usps__wire_created_at_ms(ef.created_at, &ms);
+	}
 	usps__buf_free(&b);
 	return 0;
 }

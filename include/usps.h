@@ -117,8 +117,9 @@ typedef struct usps_options {
 
 /* Flags for usps_publish() and usps_publish_ex(). */
 enum {
-	/* Deliver to this process's own subscribers only; nothing leaves the
-	 * process. The event is stamped locally. */
+	/* Deliver to this handle's own subscribers only (not to other
+	 * handles, even in the same process); nothing is sent. The event is
+	 * stamped locally. */
 	USPS_LOCAL_ONLY = 1u << 0,
 	/* Fail with -EAGAIN instead of waiting when the outbox is full. */
 	USPS_NONBLOCK = 1u << 1,
@@ -220,7 +221,7 @@ USPS_API int usps_unsubscribe(usps *ps, usps_sub *sub);
  * The broker stamps the event's id,
  * createdAt and deliveryAttempt. Returns 0 once the event is queued for the
  * broker (or, as broker, for routing): use usps_flush() to wait until it is
- * written out. With USPS_LOCAL_ONLY the event goes to this process's own
+ * written out. With USPS_LOCAL_ONLY the event goes to this handle's own
  * subscribers only (one member per local group), stamped here.
  * Returns a negative errno otherwise, and nothing is sent:
  * -EINVAL (NULL @ps/@topic/@type, empty @topic, not UTF-8, @data_json not

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -22,17 +23,30 @@ static void conn_events(usps *ps)
 	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
 }
 
-/* Write what the connection's queue holds; note when it is all out. */
+/* Write what is queued for the broker; note when it is all out. */
 static void conn_flush(usps *ps)
 {
-	int r = usps__wq_flush(&ps->conn_wq, ps->connfd);
-	bool want_out = r == -EAGAIN;
+	bool want_out = false;
 
-	if (r < 0 && r != -EAGAIN) {
-		usps__client_lost(ps);
-		return;
+	while (ps->conn_off < ps->conn_out.len) {
+		ssize_t n = send(ps->connfd, ps->conn_out.p + ps->conn_off,
+				 ps->conn_out.len - ps->conn_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			want_out = true;
+			break;
+		}
+		if (n < 0) {
+			usps__client_lost(ps);
+			return;
+		}
+		ps->conn_off += (size_t)n;
 	}
-	if (r == 0) {
+	if (!want_out) {
+		ps->conn_out.len = ps->conn_off = 0;
 		pthread_mutex_lock(&ps->out_lock);
 		if (ps->out_done < ps->conn_out_end) {
 			ps->out_done = ps->conn_out_end;
@@ -46,29 +60,14 @@ static void conn_flush(usps *ps)
 	}
 }
 
-static int conn_send(usps *ps, const struct usps__buf *b)
-{
-	struct usps__chunk *c = usps__chunk_new(b->p, b->len);
-	int r;
-
-	if (!c)
-		return -ENOMEM;
-	r = usps__wq_push(&ps->conn_wq, c);
-	usps__chunk_unref(c);
-	return r;
-}
-
 int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
 {
 	int r;
 
 	if (ps->role != ROLE_CLIENT)
 		return -ENOTCONN;
-	ps->scratch.len = 0;
-	r = usps__wire_put_membership(&ps->scratch, unsubscribe, k->topic,
+	r = usps__wire_put_membership(&ps->conn_out, unsubscribe, k->topic,
 				      k->topic_len, k->group, k->group_len);
-	if (r == 0)
-		r = conn_send(ps, &ps->scratch);
 	if (r < 0)
 		return r;
 	if (unsubscribe)
@@ -83,29 +82,42 @@ int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
  * that a broker applying back-pressure makes usps_publish() wait. */
 #define CONN_QUEUE_MAX (4u << 20)
 
-/* The outbox's bytes go out on the connection, behind memberships. */
+/*
+ * The outbox's bytes go out on the connection, behind memberships. An
+ * empty connection buffer is swapped with the outbox, so the bytes are not
+ * copied and both buffers keep their memory.
+ */
 void usps__client_take_outbox(usps *ps)
 {
-	struct usps__chunk *c = NULL;
+	size_t queued = ps->conn_out.len - ps->conn_off;
+	bool took = false;
 
-	if (ps->conn_wq.queued_bytes >= CONN_QUEUE_MAX)
+	if (queued >= CONN_QUEUE_MAX)
 		return;
 	pthread_mutex_lock(&ps->out_lock);
 	if (ps->outbox.len) {
-		c = usps__chunk_new(ps->outbox.p, ps->outbox.len);
-		if (c) {
-			ps->out_taken += ps->outbox.len;
+		if (!queued) {
+			struct usps__buf t = ps->conn_out;
+
+			ps->conn_out = ps->outbox;
+			ps->outbox = t;
 			ps->outbox.len = 0;
+			ps->conn_off = 0;
+			took = true;
+		} else if (usps__buf_put(&ps->conn_out, ps->outbox.p,
+					 ps->outbox.len) == 0) {
+			ps->outbox.len = 0;
+			took = true;
+		}
+		if (took) {
+			ps->out_taken = ps->out_appended;
+			ps->conn_out_end = ps->out_taken;
 			pthread_cond_broadcast(&ps->out_cond);
 		}
 	}
 	pthread_mutex_unlock(&ps->out_lock);
-	if (!c)
-		return;
-	if (usps__wq_push(&ps->conn_wq, c) == 0)
-		ps->conn_out_end = ps->out_taken;
-	usps__chunk_unref(c);
-	conn_flush(ps);
+	if (took)
+		conn_flush(ps);
 }
 
 int usps__client_start(usps *ps, int fd, pid_t broker_pid)
@@ -116,7 +128,7 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid)
 	ps->conn_want_out = false;
 	ps->conn_paused = false;
 	usps__reader_init(&ps->conn_rd, ps->opt.max_inbound_frame_bytes);
-	usps__wq_init(&ps->conn_wq);
+	ps->conn_out.len = ps->conn_off = 0;
 	r = usps__engine_watch_fd(ps, fd, &ps->conn_ioh, EPOLLIN, false);
 	if (r < 0) {
 		close(fd);
@@ -154,7 +166,7 @@ void usps__client_lost(usps *ps)
 	ps->connfd = -1;
 	usps__reader_free(&ps->conn_rd);
 	/* Publishes written to a dead broker are lost (at-most-once). */
-	usps__wq_free(&ps->conn_wq);
+	ps->conn_out.len = ps->conn_off = 0;
 	pthread_mutex_lock(&ps->out_lock);
 	if (ps->out_done < ps->conn_out_end) {
 		ps->out_done = ps->conn_out_end;
@@ -277,6 +289,7 @@ void usps__client_io(usps *ps, uint32_t events)
 			while ((r = usps__reader_next(&ps->conn_rd, &line,
 						      &n)) == 1)
 				handle_line(ps, line, n);
+			usps__dl_commit(ps);
 			if (r < 0) {
 				/* The broker sent an oversized frame. */
 				usps__client_lost(ps);

@@ -22,6 +22,9 @@ struct dl_event {
 	size_t bytes;
 	usps_event ev;		/* delivery_attempt and group set per call */
 	uint32_t wire_attempt;
+	/* The first delivery lives here: one allocation per event in the
+	 * common case of one receiving subscription. */
+	struct usps_delivery first;
 	char buf[];
 };
 
@@ -66,6 +69,29 @@ static uint32_t parse_attempt(struct usps__span s)
 	return v ? (uint32_t)v : 1;
 }
 
+/* createdAt in ms, INT64_MIN if absent or not a date. Consecutive events
+ * mostly share the broker's millisecond: remember the last one parsed. */
+static int64_t created_ms(struct usps__span s)
+{
+	static _Thread_local char last[64];
+	static _Thread_local size_t last_n;
+	static _Thread_local int64_t last_ms;
+	int64_t ms;
+
+	if (!s.n)
+		return INT64_MIN;
+	if (s.n == last_n && !memcmp(s.p, last, s.n))
+		return last_ms;
+	if (usps__wire_created_at_ms(s, &ms) < 0)
+		return INT64_MIN;
+	if (s.n <= sizeof(last)) {
+		memcpy(last, s.p, s.n);
+		last_n = s.n;
+		last_ms = ms;
+	}
+	return ms;
+}
+
 static struct dl_event *ev_new(const char *line, size_t len,
 			       const struct usps__frame *f)
 {
@@ -97,7 +123,19 @@ static struct dl_event *ev_new(const char *line, size_t len,
 		e->ev.group = put_str(REBASE(f->group), &pos, NULL);
 #undef REBASE
 	memset(&ef, 0, sizeof(ef));
-	if (ev.n && usps__wire_event_fields(ev, &ef) == 0) {
+	if (f->ev_known) {
+#define REBASE2(sp)                                                           \
+	((struct usps__span){ (sp).n ? e->buf + ((sp).p - line) : NULL, (sp).n })
+		ef.type = REBASE2(f->ev.type);
+		ef.id = REBASE2(f->ev.id);
+		ef.run_id = REBASE2(f->ev.run_id);
+		ef.data = REBASE2(f->ev.data);
+		ef.created_at = REBASE2(f->ev.created_at);
+		ef.delivery_attempt = REBASE2(f->ev.delivery_attempt);
+#undef REBASE2
+		e->ev.event_json = ev.p;
+		e->ev.event_json_len = ev.n;
+	} else if (ev.n && usps__wire_event_fields(ev, &ef) == 0) {
 		e->ev.event_json = ev.p;
 		e->ev.event_json_len = ev.n;
 	} else {
@@ -119,9 +157,7 @@ static struct dl_event *ev_new(const char *line, size_t len,
 		e->ev.data_len = s.n;
 		pos += s.n + 1;
 	}
-	if (!ef.created_at.n ||
-	    usps__wire_created_at_ms(ef.created_at, &e->ev.created_at_ms) < 0)
-		e->ev.created_at_ms = INT64_MIN;
+	e->ev.created_at_ms = created_ms(ef.created_at);
 	e->wire_attempt = parse_attempt(ef.delivery_attempt);
 	return e;
 fail:
@@ -141,9 +177,10 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	if (!e)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
-		struct usps_delivery *d = calloc(1, sizeof(*d));
+		struct usps_delivery *d = i ? calloc(1, sizeof(*d)) : &e->first;
 
 		if (!d) {
+			first = first->next; /* the embedded one */
 			while (first) {
 				struct usps_delivery *next = first->next;
 
@@ -163,27 +200,59 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 		last = d;
 	}
 	atomic_init(&e->refs, (unsigned)n);
+	if (ps->stage_tail)
+		ps->stage_tail->next = first;
+	else
+		ps->stage_head = first;
+	ps->stage_tail = last;
+	ps->stage_n += n;
+	ps->stage_bytes += e->bytes * n;
+	return 0;
+}
+
+static void free_list(struct usps_delivery *d);
+
+void usps__dl_commit(usps *ps)
+{
+	struct usps_delivery *done;
+
+	if (!ps->stage_head && !atomic_load(&ps->dl_done_any))
+		return;
 	pthread_mutex_lock(&ps->dq_lock);
+	done = ps->dl_done;
+	ps->dl_done = NULL;
+	ps->dl_done_bytes = 0;
+	atomic_store(&ps->dl_done_any, false);
+	if (!ps->stage_head) {
+		pthread_mutex_unlock(&ps->dq_lock);
+		free_list(done);
+		return;
+	}
 	/* The delivery thread sleeps only on an empty queue (dq_cond also
 	 * serves unsubscribe and flush waiters: broadcast). */
 	if (!ps->dq_head)
 		pthread_cond_broadcast(&ps->dq_cond);
 	if (ps->dq_tail)
-		ps->dq_tail->next = first;
+		ps->dq_tail->next = ps->stage_head;
 	else
-		ps->dq_head = first;
-	ps->dq_tail = last;
-	ps->dq_enq += n;
-	ps->dq_bytes += e->bytes * n;
+		ps->dq_head = ps->stage_head;
+	ps->dq_tail = ps->stage_tail;
+	ps->dq_enq += ps->stage_n;
+	ps->dq_bytes += ps->stage_bytes;
 	pthread_mutex_unlock(&ps->dq_lock);
-	return 0;
+	ps->stage_head = ps->stage_tail = NULL;
+	ps->stage_n = ps->stage_bytes = 0;
+	free_list(done);
 }
 
 static void free_delivery(struct usps_delivery *d)
 {
+	struct dl_event *e = d->ev;
+
 	usps__sub_unref(d->sub);
-	ev_unref(d->ev);
-	free(d);
+	if (d != &e->first)
+		free(d);
+	ev_unref(e);
 }
 
 static void timer_insert(usps *ps, struct usps_delivery *d)
@@ -219,7 +288,7 @@ static void *dl_main(void *arg)
 	pthread_mutex_lock(&ps->dq_lock);
 	while (!ps->dl_stop) {
 		struct usps_delivery *d;
-		int64_t now = usps__now_ms();
+		int64_t now = ps->timers ? usps__now_ms() : 0;
 
 		/* Due redeliveries join the queue behind what is there. */
 		while (ps->timers && ps->timers->due_ms <= now) {
@@ -280,7 +349,21 @@ static void *dl_main(void *arg)
 			timer_insert(ps, d);
 			continue;
 		}
-		free_delivery(d);
+		/* Leave it to the allocating thread, unless that one is idle
+		 * and much has piled up. */
+		d->next = ps->dl_done;
+		ps->dl_done = d;
+		ps->dl_done_bytes += d->ev->bytes;
+		atomic_store(&ps->dl_done_any, true);
+		if (ps->dl_done_bytes > (16u << 20)) {
+			struct usps_delivery *list = ps->dl_done;
+
+			ps->dl_done = NULL;
+			ps->dl_done_bytes = 0;
+			pthread_mutex_unlock(&ps->dq_lock);
+			free_list(list);
+			pthread_mutex_lock(&ps->dq_lock);
+		}
 	}
 	pthread_mutex_unlock(&ps->dq_lock);
 	return NULL;
@@ -315,9 +398,12 @@ void usps__dl_stop(usps *ps)
 	if (ps->dl_started)
 		pthread_join(ps->dl_thread, NULL);
 	ps->dl_started = false;
+	free_list(ps->stage_head);
+	ps->stage_head = ps->stage_tail = NULL;
 	free_list(ps->dq_head);
 	free_list(ps->timers);
-	ps->dq_head = ps->dq_tail = ps->timers = NULL;
+	free_list(ps->dl_done);
+	ps->dq_head = ps->dq_tail = ps->timers = ps->dl_done = NULL;
 }
 
 bool usps__dl_on_thread(usps *ps)

@@ -44,6 +44,10 @@
 #define ELECT_STALE_MS 2000
 #define BACKOFF_MAX_MS 32
 #define WATCH_INTERVAL_MS 1000
+/* A socket file younger than this that refuses connections may be a Node
+ * broker between its bind() and listen() (libuv binds, then listens):
+ * give it time rather than replace it. */
+#define FRESH_SOCKET_MS 50
 
 static void sockaddr_of(const usps *ps, struct sockaddr_un *sa)
 {
@@ -329,6 +333,13 @@ static int elect(usps *ps)
 		if (!S_ISSOCK(st.st_mode) && !S_ISREG(st.st_mode) &&
 		    !S_ISLNK(st.st_mode)) {
 			r = -EEXIST;
+			goto out;
+		}
+		if (S_ISSOCK(st.st_mode) &&
+		    usps__wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000 +
+				       st.st_mtim.tv_nsec / 1000000) <
+			    FRESH_SOCKET_MS) {
+			r = 0;
 			goto out;
 		}
 		if (unlink(ps->path) < 0 && errno != ENOENT) {

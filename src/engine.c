@@ -192,6 +192,7 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 		if (usps__now_ms() >= ps->next_watch_ms)
 			usps__election_watch(ps);
 	}
+	usps__dl_commit(ps);
 	if (ps->flush_waiters)
 		pthread_cond_broadcast(&ps->cond);
 }
@@ -223,7 +224,7 @@ static void *io_main(void *arg)
 		close(ps->connfd);
 		ps->connfd = -1;
 		usps__reader_free(&ps->conn_rd);
-		usps__wq_free(&ps->conn_wq);
+		ps->conn_out.len = ps->conn_off = 0;
 	}
 	usps__engine_set_role(ps, ROLE_JOINING);
 	pthread_mutex_unlock(&ps->lock);

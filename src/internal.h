@@ -145,6 +145,13 @@ void usps__dl_stop(usps *ps);
 int usps__dl_push(usps *ps, const char *line, size_t len,
 		  const struct usps__frame *f, struct usps_sub **subs,
 		  size_t n);
+/*
+ * Deliveries are staged (under ps->lock) and handed to the delivery
+ * thread in one go, with at most one wake-up, by usps__dl_commit(): after
+ * each read batch, at the end of each loop turn, and by user threads that
+ * deliver (localOnly publishes).
+ */
+void usps__dl_commit(usps *ps);
 bool usps__dl_on_thread(usps *ps);
 
 /* ---- broker routing index (broker.c) ---- */
@@ -322,10 +329,13 @@ struct usps {
 	int connfd;
 	struct ioh conn_ioh;
 	struct usps__reader conn_rd;
-	struct usps__wq conn_wq;
+	/* Bytes for the broker, written from conn_off: membership frames and
+	 * the outbox, which is swapped in whole when this is empty. */
+	struct usps__buf conn_out;
+	size_t conn_off;
 	bool conn_want_out;
 	bool conn_paused;	/* reading stopped: deliveries backed up */
-	uint64_t conn_out_end;	/* outbox position when conn_wq empties */
+	uint64_t conn_out_end;	/* outbox position when conn_out empties */
 
 	/* registry */
 	struct hmap keys;
@@ -349,7 +359,15 @@ struct usps {
 	bool dl_started;
 	bool dl_stop;
 	struct usps_delivery *dq_head, *dq_tail;
+	/* staged, under ps->lock (not dq_lock) */
+	struct usps_delivery *stage_head, *stage_tail;
+	uint64_t stage_n, stage_bytes;
 	struct usps_delivery *timers;	/* redeliveries, sorted by due_ms */
+	/* Done deliveries, freed by the thread that allocated them (at its
+	 * next commit): a free on another thread costs an arena lock. */
+	struct usps_delivery *dl_done;
+	uint64_t dl_done_bytes;
+	atomic_bool dl_done_any;	/* dl_done non-empty; read unlocked */
 	uint64_t dq_enq, dq_done;
 	uint64_t dq_bytes;	/* event bytes queued */
 	struct usps_sub *running;	/* sub whose handler runs now */

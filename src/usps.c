@@ -131,6 +131,7 @@ static void free_handle(usps *ps)
 	usps__hmap_free(&ps->topics);
 	usps__buf_free(&ps->outbox);
 	usps__buf_free(&ps->route);
+	usps__buf_free(&ps->conn_out);
 	usps__buf_free(&ps->scratch);
 	pthread_mutex_destroy(&ps->lock);
 	pthread_mutex_destroy(&ps->out_lock);
@@ -523,6 +524,7 @@ static int publish_local(usps *ps, const struct usps__buf *b)
 		}
 	}
 out:
+	usps__dl_commit(ps);
 	pthread_mutex_unlock(&ps->lock);
 	usps__buf_free(&ev);
 	return r;
@@ -577,8 +579,8 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 		return leave(ps, r);
 	}
 
-	struct timespec dl = deadline_in(ps->opt.open_timeout_ms);
-	bool was_empty;
+	struct timespec dl;
+	bool was_empty, waited = false;
 
 	pthread_mutex_lock(&ps->out_lock);
 	/* Wait for room; a frame larger than the whole outbox still goes
@@ -588,6 +590,10 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 		if (flags & USPS_NONBLOCK) {
 			r = -EAGAIN;
 			goto out_unlock;
+		}
+		if (!waited) {
+			dl = deadline_in(ps->opt.open_timeout_ms);
+			waited = true;
 		}
 		if (pthread_cond_timedwait(&ps->out_cond, &ps->out_lock, &dl) ==
 		    ETIMEDOUT) {

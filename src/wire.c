@@ -421,6 +421,17 @@ static int lookup(const uint8_t *q, size_t n, bool esc, const struct name *t,
 	return 0;
 }
 
+/* clang-format off */
+static const struct name event_keys[] = {
+	{ "type", 4 },
+	{ "id", 2 },
+	{ "runId", 5 },
+	{ "data", 4 },
+	{ "createdAt", 9 },
+	{ "deliveryAttempt", 15 },
+};
+/* clang-format on */
+
 static inline int frame_key(const uint8_t *q, size_t n, bool esc)
 {
 	if (esc)
@@ -449,15 +460,18 @@ static inline int frame_key(const uint8_t *q, size_t n, bool esc)
  * expected, a member key is expected, a value just ended). While inside the
  * top-level object, each member's value span is stored in top[key index]
  * (top[0] catches the members nobody asked for), so a later member with the
- * same key overwrites an earlier one, as JSON.parse does.
+ * same key overwrites an earlier one, as JSON.parse does. With @ev, the
+ * members of an object-valued top-level "event" are recorded likewise in
+ * ev[index in event_keys + 1], so that a client need not walk it again.
  */
-static int json_scan(const char *p, size_t n, struct usps__span *top)
+static int json_scan(const char *p, size_t n, struct usps__span *top,
+		     struct usps__span *ev)
 {
-	const uint8_t *s, *e, *t, *vstart;
+	const uint8_t *s, *e, *t, *vstart, *vstart2 = NULL;
 	uint8_t stk[(USPS__JSON_MAX_DEPTH + 7) / 8] = { 0 };
 	unsigned depth = 0, d;
-	int key = K_NONE;
-	bool esc;
+	int key = K_NONE, key2 = 0;
+	bool esc, in_ev = false;
 
 	if (!n)
 		return -EINVAL;
@@ -472,6 +486,11 @@ value:
 	case '{':
 		if (depth == USPS__JSON_MAX_DEPTH)
 			return -EINVAL;
+		if (depth == 1 && key == K_EVENT && ev) {
+			/* A later "event" replaces an earlier one whole. */
+			in_ev = true;
+			memset(ev, 0, sizeof(*ev) * 7);
+		}
 		stk[depth >> 3] =
 			(uint8_t)(stk[depth >> 3] | 1u << (depth & 7));
 		depth++;
@@ -515,10 +534,14 @@ value:
 	if (!s)
 		return -EINVAL;
 after:
-	if (depth == 1)
+	if (depth == 1) {
 		top[key] = (struct usps__span){ (const char *)vstart,
 						(size_t)(s - vstart) };
-	else if (depth == 0)
+		in_ev = false;
+	} else if (depth == 2 && in_ev) {
+		ev[key2] = (struct usps__span){ (const char *)vstart2,
+						(size_t)(s - vstart2) };
+	} else if (depth == 0)
 		return skip_ws(s, e) == e ? 0 : -EINVAL;
 	s = skip_ws(s, e);
 	if (s == e)
@@ -553,12 +576,16 @@ member:
 		return -EINVAL;
 	if (depth == 1)
 		key = frame_key(s, (size_t)(t - s), esc);
+	else if (depth == 2 && in_ev)
+		key2 = lookup(s, (size_t)(t - s), esc, event_keys, 6);
 	s = skip_ws(t, e);
 	if (s == e || *s != ':')
 		return -EINVAL;
 	s = skip_ws(s + 1, e);
 	if (depth == 1)
 		vstart = s;
+	else if (depth == 2 && in_ev)
+		vstart2 = s;
 	goto value;
 }
 
@@ -566,7 +593,7 @@ int usps__json_validate(const char *p, size_t n)
 {
 	struct usps__span top[K_COUNT];
 
-	return json_scan(p, n, top);
+	return json_scan(p, n, top, NULL);
 }
 
 int usps__json_is_object(const char *p, size_t n)
@@ -1067,6 +1094,7 @@ int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
 {
 	const uint8_t *s, *e;
 	struct usps__span top[K_COUNT] = { { NULL, 0 } };
+	struct usps__span ev[7] = { { NULL, 0 } };
 
 	*f = (struct usps__frame){ .type = USPS__F_UNKNOWN };
 	if (!n)
@@ -1076,8 +1104,18 @@ int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
 	s = skip_ws(s, e);
 	if (s == e || *s != '{')
 		return -EPROTO;
-	if (json_scan((const char *)s, (size_t)(e - s), top) < 0)
+	if (json_scan((const char *)s, (size_t)(e - s), top, ev) < 0)
 		return -EPROTO;
+	f->ev_known = usps__json_kind(top[K_EVENT]) == USPS__J_OBJECT;
+	if (f->ev_known)
+		f->ev = (struct usps__event_fields){
+			.type = ev[1],
+			.id = ev[2],
+			.run_id = ev[3],
+			.data = ev[4],
+			.created_at = ev[5],
+			.delivery_attempt = ev[6],
+		};
 	f->type = frame_type(top[K_TYPE]);
 	f->topic = top[K_TOPIC];
 	f->group = top[K_GROUP];
@@ -1087,16 +1125,6 @@ int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
 	return 0;
 }
 
-/* clang-format off */
-static const struct name event_keys[] = {
-	{ "type", 4 },
-	{ "id", 2 },
-	{ "runId", 5 },
-	{ "data", 4 },
-	{ "createdAt", 9 },
-	{ "deliveryAttempt", 15 },
-};
-/* clang-format on */
 
 int usps__wire_event_fields(struct usps__span ev, struct usps__event_fields *f)
 {
@@ -1701,7 +1729,20 @@ int usps__wire_put_event_head(struct usps__buf *b, struct usps__span topic,
 	struct walk w;
 	int have = 0;
 
-	st.iso_len = usps__iso8601_ms(st.iso, created_ms);
+	{
+		/* A broker stamps many events per millisecond: format each
+		 * millisecond once (per thread). */
+		static _Thread_local int64_t c_ms = INT64_MIN;
+		static _Thread_local char c_iso[32];
+		static _Thread_local size_t c_len;
+
+		if (created_ms != c_ms) {
+			c_len = usps__iso8601_ms(c_iso, created_ms);
+			c_ms = created_ms;
+		}
+		memcpy(st.iso, c_iso, sizeof(c_iso));
+		st.iso_len = c_len;
+	}
 	/* One allocation in the common case (an object event). */
 	if (usps__buf_reserve(b, 192 + topic.n + event.n) < 0 ||
 	    PUT_LIT(b, "{\"type\":\"event\",\"topic\":") < 0 ||

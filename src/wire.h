@@ -117,6 +117,16 @@ enum usps__opt_kind {
 	USPS__OPT_OTHER,	/* anything else */
 };
 
+/* The stamped and usual members of an event object, as raw spans. */
+struct usps__event_fields {
+	struct usps__span type;		/* n == 0: absent */
+	struct usps__span id;
+	struct usps__span run_id;
+	struct usps__span data;
+	struct usps__span created_at;
+	struct usps__span delivery_attempt;
+};
+
 /*
  * One parsed frame. Spans point into the line given to usps__wire_parse()
  * and are the raw JSON text of each top-level member (the last one wins if
@@ -129,6 +139,9 @@ struct usps__frame {
 	enum usps__opt_kind group_kind;
 	struct usps__span event;	/* n == 0: absent */
 	bool local_only;		/* "localOnly" is exactly true */
+	/* If "event" is an object: its members, found in the same pass. */
+	bool ev_known;
+	struct usps__event_fields ev;
 };
 
 /*
@@ -141,15 +154,6 @@ struct usps__frame {
  */
 int usps__wire_parse(const char *line, size_t n, struct usps__frame *f);
 
-/* The stamped and usual members of an event object, as raw spans. */
-struct usps__event_fields {
-	struct usps__span type;		/* n == 0: absent */
-	struct usps__span id;
-	struct usps__span run_id;
-	struct usps__span data;
-	struct usps__span created_at;
-	struct usps__span delivery_attempt;
-};
 
 /*
  * usps__wire_event_fields() - find the members above in the event object
