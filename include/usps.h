@@ -191,7 +191,8 @@ USPS_API int usps_close(usps *ps);
  * -EINVAL (NULL @ps, @topic, @fn or @ret_sub; empty @topic or @group; not
  * valid UTF-8), -ENOMEM, -EMSGSIZE (names longer than a frame may be),
  * -ETIMEDOUT (no broker reachable within membership_ack_timeout_ms),
- * -ESHUTDOWN (@ps is closing).
+ * -EPERM (the broker refused our uid: it runs as another user, see
+ * usps_options.allow_uid), -ESHUTDOWN (@ps is closing).
  * Thread-safe; may be called from a handler.
  */
 USPS_API int usps_subscribe(usps *ps, const char *topic, const char *group,

@@ -770,10 +770,20 @@ int usps__broker_accept(usps *ps, int lfd)
 			return errno == EAGAIN ? 0 : -errno;
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-		    (cred.uid != ps->uid && cred.uid != 0 &&
-		     (ps->opt.allow_uid < 0 ||
-		      cred.uid != (uid_t)ps->opt.allow_uid)) ||
 		    ps->npeers >= ps->opt.max_clients) {
+			close(fd);
+			continue;
+		}
+		if (cred.uid != ps->uid && cred.uid != 0 &&
+		    (ps->opt.allow_uid < 0 ||
+		     cred.uid != (uid_t)ps->opt.allow_uid)) {
+			/* Say why before closing, so that a usps client stops
+			 * retrying; best effort, never blocking. */
+			static const char refused[] =
+				"{\"type\":\"usps.refused\",\"reason\":\"uid\"}\n";
+
+			(void)send(fd, refused, sizeof(refused) - 1,
+				   MSG_NOSIGNAL | MSG_DONTWAIT);
 			close(fd);
 			continue;
 		}

@@ -137,6 +137,7 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid)
 		return r;
 	}
 	ps->broker_pid = broker_pid;
+	ps->conn_since_ms = usps__now_ms();
 	usps__engine_set_role(ps, ROLE_CLIENT);
 	/* Announce every membership again; waiters are released by the acks
 	 * of these frames. Unsubscribes in flight are moot on a new broker. */
@@ -174,7 +175,19 @@ void usps__client_lost(usps *ps)
 	}
 	pthread_mutex_unlock(&ps->out_lock);
 	ps->broker_pid = 0;
-	usps__engine_rejoin(ps, 0);
+	/* A broker that drops us at once (it refuses us, or is dying) is not
+	 * retried in a tight loop. */
+	if (ps->refused) {
+		usps__engine_rejoin(ps, 1000);
+	} else if (usps__now_ms() - ps->conn_since_ms < 100) {
+		unsigned b = ps->join_backoff_ms ? ps->join_backoff_ms * 2 : 2;
+
+		ps->join_backoff_ms = b > 1000 ? 1000 : b;
+		usps__engine_rejoin(ps, (int)ps->join_backoff_ms);
+	} else {
+		ps->join_backoff_ms = 0;
+		usps__engine_rejoin(ps, 0);
+	}
 }
 
 static void handle_ack(usps *ps, const struct usps__frame *f, bool unsub)
@@ -232,6 +245,10 @@ static void handle_line(usps *ps, const char *line, size_t n)
 		break;
 	case USPS__F_EVENT:
 		(void)usps__deliver_line(ps, line, n, &f);
+		break;
+	case USPS__F_REFUSED:
+		ps->refused = -EPERM;
+		pthread_cond_broadcast(&ps->cond);
 		break;
 	default:
 		break;

@@ -311,6 +311,8 @@ struct usps {
 	unsigned join_backoff_ms;
 	int64_t broker_since_ms;
 	pid_t broker_pid;
+	int64_t conn_since_ms;	/* when the current connection began */
+	int refused;		/* -EPERM once a broker refused our uid */
 
 	/* broker */
 	struct peer self;

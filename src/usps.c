@@ -395,7 +395,7 @@ int usps_subscribe(usps *ps, const char *topic, const char *group,
 	 * subscribe frame sent for this key. */
 	dl = deadline_in(ps->opt.membership_ack_timeout_ms);
 	k->waiters++;
-	while (!ps->stopping && ps->role != ROLE_BROKER &&
+	while (!ps->stopping && !ps->refused && ps->role != ROLE_BROKER &&
 	       !(ps->role == ROLE_CLIENT && k->sub_acked >= k->sub_sent)) {
 		if (pthread_cond_timedwait(&ps->cond, &ps->lock, &dl) ==
 		    ETIMEDOUT)
@@ -404,6 +404,8 @@ int usps_subscribe(usps *ps, const char *topic, const char *group,
 	k->waiters--;
 	if (ps->stopping)
 		r = -ESHUTDOWN;
+	else if (ps->refused && ps->role != ROLE_BROKER)
+		r = ps->refused;
 	else if (ps->role == ROLE_JOINING)
 		r = -ETIMEDOUT; /* no broker to acknowledge it */
 	if (r < 0) {

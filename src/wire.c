@@ -1057,6 +1057,7 @@ static const struct {
 	{ { "ack", 3 }, USPS__F_ACK },
 	{ { "nack", 4 }, USPS__F_NACK },
 	{ { "usps.status", 11 }, USPS__F_STATUS },
+	{ { "usps.refused", 12 }, USPS__F_REFUSED },
 };
 
 static enum usps__frame_type frame_type(struct usps__span v)

@@ -106,6 +106,12 @@ enum usps__frame_type {
 	 * Mastra broker ignores it, as it ignores every unknown type.
 	 */
 	USPS__F_STATUS,
+	/*
+	 * "usps.refused": a usps extension, sent by a usps broker to a peer
+	 * it will not admit (another uid) just before it closes the
+	 * connection. Mastra clients ignore it and see the close.
+	 */
+	USPS__F_REFUSED,
 };
 
 /* How a "group" (or "localOnly") member was given. */
