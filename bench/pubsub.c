@@ -1098,7 +1098,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "throughput")) {
 		struct tput_opts o = { .size = 100, .seconds = 3 };
 
-		for (int i = 2; i < argc; i++) {
+		for (int i = 2; i < argc; i += 2) {
 			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 			if (!strcmp(argv[i], "--size")) {
@@ -1121,14 +1121,13 @@ int main(int argc, char **argv)
 			} else {
 				usage();
 			}
-			i++;
 		}
 		return run_throughput(&o) == 0 ? 0 : 1;
 	}
 	if (!strcmp(argv[1], "rtt")) {
 		struct rtt_opts o = { .count = 20000, .warmup = 1000 };
 
-		for (int i = 2; i < argc; i++) {
+		for (int i = 2; i < argc; i += 2) {
 			const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 
 			if (!strcmp(argv[i], "--count"))
@@ -1137,7 +1136,6 @@ int main(int argc, char **argv)
 				o.warmup = num_arg(argv[i], v, 0, 100000000);
 			else
 				usage();
-			i++;
 		}
 		return run_rtt(&o) == 0 ? 0 : 1;
 	}

@@ -38,8 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		pos += n;
 		while ((k = usps__reader_next(&r, &line, &len)) == 1) {
-			const char *nl = memchr(in + expect, '\n',
-						size - expect);
+			const char *nl =
+				memchr(in + expect, '\n', size - expect);
 
 			if (!nl || (size_t)(nl - (in + expect)) != len ||
 			    memcmp(line, in + expect, len) != 0 || len > max)
@@ -48,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		if (k < 0) {
 			/* Only an over-long line may end it. */
-			const char *nl = memchr(in + expect, '\n', pos - expect);
+			const char *nl =
+				memchr(in + expect, '\n', pos - expect);
 			size_t have = nl ? (size_t)(nl - (in + expect))
 					 : pos - expect;
 

@@ -40,7 +40,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		size_t n;
 
 		if (t && usps__json_string_decode(f.topic, t, &n) == 0) {
-			if (n > f.topic.n || !usps__json_string_eq(f.topic, t, n))
+			if (n > f.topic.n ||
+			    !usps__json_string_eq(f.topic, t, n))
 				abort();
 			if (usps__json_put_string(&b, t, n) == 0 &&
 			    usps__json_validate(b.p, b.len) < 0)
@@ -50,9 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(t);
 	}
 	/* As the broker stamps a publish, and acks a membership. */
-	if (usps__wire_put_event_head(&b, f.topic.n ? f.topic
-						    : (struct usps__span){ "\"t\"", 3 },
-				      f.event, uuid, 1700000000000) == 0) {
+	if (usps__wire_put_event_head(
+		    &b, f.topic.n ? f.topic : (struct usps__span){ "\"t\"", 3 },
+		    f.event, uuid, 1700000000000) == 0) {
 		size_t head = b.len;
 
 		if (usps__buf_put(&b, "}\n", 2) == 0)

@@ -53,21 +53,30 @@ typedef struct usps_delivery usps_delivery;
  * bytes if a peer escaped one; the _len fields give the full length).
  */
 typedef struct usps_event {
-	const char *topic;	/* the topic it was published on */
+	/* The topic it was published on. */
+	const char *topic;
 	size_t topic_len;
-	const char *type;	/* event "type"; "" if absent or not a string */
+	/* The event's "type"; "" if absent or not a string. */
+	const char *type;
 	size_t type_len;
-	const char *id;		/* UUID v4 stamped by the broker; "" if absent */
-	const char *run_id;	/* event "runId"; NULL if absent or not a string */
-	const char *data;	/* event "data" as JSON text, verbatim; NULL if absent */
+	/* The UUID v4 the broker stamped; "" if absent. */
+	const char *id;
+	/* The event's "runId"; NULL if absent or not a string. */
+	const char *run_id;
+	/* The event's "data" as JSON text, verbatim; NULL if absent. */
+	const char *data;
 	size_t data_len;
-	const char *event_json;	/* the whole event object as JSON text, for
-				 * fields beyond these (NOT NUL-terminated) */
+	/* The whole event object as JSON text, for fields beyond these. Not
+	 * NUL-terminated. */
+	const char *event_json;
 	size_t event_json_len;
-	int64_t created_at_ms;	/* Unix ms from "createdAt"; INT64_MIN if absent
-				 * or not a date */
-	uint32_t delivery_attempt; /* 1, then 2.. for local redeliveries */
-	const char *group;	/* consumer group of this delivery, NULL if fan-out */
+	/* Unix milliseconds from "createdAt"; INT64_MIN if absent or not a
+	 * date. */
+	int64_t created_at_ms;
+	/* 1, then 2, 3... for local redeliveries after usps_nack(). */
+	uint32_t delivery_attempt;
+	/* The consumer group of this delivery; NULL for fan-out. */
+	const char *group;
 } usps_event;
 
 /*

@@ -82,8 +82,7 @@ static void topic_maybe_free(usps *ps, struct btopic *t)
 
 /* Insert @p into the id-ordered list @arr unless present. 1 added, 0 was
  * there, -ENOMEM. */
-static int list_add(struct peer ***arr, size_t *n, size_t *cap,
-		    struct peer *p)
+static int list_add(struct peer ***arr, size_t *n, size_t *cap, struct peer *p)
 {
 	size_t i;
 
@@ -122,8 +121,8 @@ static int list_del(struct peer **arr, size_t *n, struct peer *p)
 	return 0;
 }
 
-static struct bgroup *group_find(struct btopic *t, const char *name,
-				 size_t len, size_t *ret_idx)
+static struct bgroup *group_find(struct btopic *t, const char *name, size_t len,
+				 size_t *ret_idx)
 {
 	for (size_t i = 0; i < t->ngroups; i++) {
 		struct bgroup *g = t->groups[i];
@@ -378,8 +377,7 @@ static void peer_send(usps *ps, struct peer *p, struct usps__chunk *c)
 		if (p->dead)
 			return;
 	}
-	if (p->wq.queued_bytes + c->len > cap ||
-	    usps__wq_push(&p->wq, c) < 0) {
+	if (p->wq.queued_bytes + c->len > cap || usps__wq_push(&p->wq, c) < 0) {
 		peer_kill(ps, p);
 		return;
 	}
@@ -570,8 +568,8 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		gname.len = 0;
 		if (usps__json_put_string(&gname, g->name, g->len) < 0)
 			continue;
-		c = make_chunk(ps, head, (struct usps__span){ gname.p,
-							      gname.len });
+		c = make_chunk(ps, head,
+			       (struct usps__span){ gname.p, gname.len });
 		if (!c)
 			continue;
 		send_to(ps, p, c);
@@ -749,8 +747,7 @@ void usps__broker_tick(usps *ps)
 	}
 	/* Lines read before intake closed wait for it to open again; no
 	 * new data may come to wake us for them. */
-	for (size_t i = 0; i < ps->npeers && usps__broker_intake_open(ps);
-	     i++)
+	for (size_t i = 0; i < ps->npeers && usps__broker_intake_open(ps); i++)
 		if (ps->peers[i]->has_lines && !ps->peers[i]->dead)
 			peer_lines(ps, ps->peers[i]);
 }
@@ -761,8 +758,7 @@ int usps__broker_accept(usps *ps, int lfd)
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
 		struct peer *p;
-		int fd = accept4(lfd, NULL, NULL,
-				 SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
@@ -810,7 +806,8 @@ int usps__broker_accept(usps *ps, int lfd)
 		p->uid = cred.uid;
 		usps__reader_init(&p->rd, ps->opt.max_inbound_frame_bytes);
 		usps__wq_init(&p->wq);
-		if (usps__engine_watch_fd(ps, fd, &p->ioh, EPOLLIN, false) < 0) {
+		if (usps__engine_watch_fd(ps, fd, &p->ioh, EPOLLIN, false) <
+		    0) {
 			peer_free(p);
 			continue;
 		}

@@ -20,7 +20,7 @@
 struct dl_event {
 	atomic_uint refs;
 	size_t bytes;
-	usps_event ev;		/* delivery_attempt and group set per call */
+	usps_event ev; /* delivery_attempt and group set per call */
 	uint32_t wire_attempt;
 	/* The first delivery lives here: one allocation per event in the
 	 * common case of one receiving subscription. */
@@ -124,8 +124,9 @@ static struct dl_event *ev_new(const char *line, size_t len,
 #undef REBASE
 	memset(&ef, 0, sizeof(ef));
 	if (f->ev_known) {
-#define REBASE2(sp)                                                           \
-	((struct usps__span){ (sp).n ? e->buf + ((sp).p - line) : NULL, (sp).n })
+#define REBASE2(sp)                                                     \
+	((struct usps__span){ (sp).n ? e->buf + ((sp).p - line) : NULL, \
+			      (sp).n })
 		ef.type = REBASE2(f->ev.type);
 		ef.id = REBASE2(f->ev.id);
 		ef.run_id = REBASE2(f->ev.run_id);
@@ -338,7 +339,8 @@ static void *dl_main(void *arg)
 
 			ps->dq_done++;
 			ps->dq_bytes -= d->ev->bytes;
-			if (before >= USPS__DQ_LOW && ps->dq_bytes < USPS__DQ_LOW)
+			if (before >= USPS__DQ_LOW &&
+			    ps->dq_bytes < USPS__DQ_LOW)
 				usps__engine_wake(ps);
 			pthread_cond_broadcast(&ps->dq_cond);
 		}

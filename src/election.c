@@ -127,10 +127,10 @@ static int lock_take(usps *ps)
 		struct stat a, b;
 
 		if (ps->lockfd < 0) {
-			ps->lockfd = open(ps->lock_path,
-					  O_RDWR | O_CREAT | O_CLOEXEC |
-						  O_NOFOLLOW,
-					  0600);
+			ps->lockfd =
+				open(ps->lock_path,
+				     O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+				     0600);
 			if (ps->lockfd < 0)
 				return -errno;
 		}
@@ -143,8 +143,9 @@ static int lock_take(usps *ps)
 		}
 		/* A broker unlinks P.lock when it closes: make sure we locked
 		 * the file that is at the path now, not an orphan. */
-		if (fstat(ps->lockfd, &a) == 0 && stat(ps->lock_path, &b) == 0 &&
-		    a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+		if (fstat(ps->lockfd, &a) == 0 &&
+		    stat(ps->lock_path, &b) == 0 && a.st_dev == b.st_dev &&
+		    a.st_ino == b.st_ino) {
 			ps->lock_held = true;
 			return 1;
 		}

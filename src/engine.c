@@ -99,7 +99,8 @@ static void broker_take_outbox(usps *ps)
 
 static void drain_inotify(usps *ps)
 {
-	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	char buf[4096]
+		__attribute__((aligned(__alignof__(struct inotify_event))));
 	bool ours = false;
 
 	for (;;) {

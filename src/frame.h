@@ -20,9 +20,9 @@
 struct usps__reader {
 	char *buf;
 	size_t cap;
-	size_t start;	/* first unconsumed byte */
-	size_t len;	/* bytes held, from buf[0] */
-	size_t scan;	/* where the search for '\n' resumes */
+	size_t start; /* first unconsumed byte */
+	size_t len;   /* bytes held, from buf[0] */
+	size_t scan;  /* where the search for '\n' resumes */
 	size_t max_frame;
 };
 
@@ -63,7 +63,7 @@ size_t usps__reader_pending(const struct usps__reader *r);
  * built once for all receivers). Created with one reference.
  */
 struct usps__chunk {
-	uint32_t refs;	/* touched only by the I/O thread */
+	uint32_t refs; /* touched only by the I/O thread */
 	size_t len;
 	char data[];
 };
@@ -77,14 +77,14 @@ void usps__chunk_unref(struct usps__chunk *c);
 struct usps__wq {
 	struct usps__wq_ent {
 		struct usps__chunk *c;
-		size_t off;	/* bytes of c already written */
-	} *ents;
-	size_t cap;	/* ring capacity, a power of two (or 0) */
-	size_t head;	/* index of the first entry */
-	size_t count;	/* entries queued */
+		size_t off; /* bytes of c already written */
+	} * ents;
+	size_t cap;		/* ring capacity, a power of two (or 0) */
+	size_t head;		/* index of the first entry */
+	size_t count;		/* entries queued */
 	uint64_t queued_bytes;	/* unwritten bytes in the queue */
 	uint64_t pushed_total;	/* bytes ever pushed */
-	uint64_t written_total;	/* bytes ever written */
+	uint64_t written_total; /* bytes ever written */
 };
 
 void usps__wq_init(struct usps__wq *q);

@@ -38,7 +38,7 @@ struct ioh {
 };
 
 enum role {
-	ROLE_JOINING,	/* looking for a broker, or electing one */
+	ROLE_JOINING, /* looking for a broker, or electing one */
 	ROLE_CLIENT,
 	ROLE_BROKER,
 };
@@ -52,7 +52,7 @@ struct hnode {
 
 struct hmap {
 	struct hnode **b;
-	size_t nb;	/* buckets, a power of two (or 0) */
+	size_t nb; /* buckets, a power of two (or 0) */
 	size_t n;
 };
 
@@ -65,8 +65,8 @@ struct hnode *usps__hmap_first(const struct hmap *m, uint64_t hash);
 struct hnode *usps__hmap_next(const struct hnode *node);
 void usps__hmap_free(struct hmap *m);
 
-int64_t usps__now_ms(void);		/* CLOCK_MONOTONIC */
-int64_t usps__wall_ms(void);		/* CLOCK_REALTIME */
+int64_t usps__now_ms(void);  /* CLOCK_MONOTONIC */
+int64_t usps__wall_ms(void); /* CLOCK_REALTIME */
 
 /* ---- registry (registry.c): local subscriptions ---- */
 
@@ -75,11 +75,11 @@ struct key;
 struct usps_sub {
 	usps *ps;
 	struct key *key;
-	struct usps_sub *next;	/* in key->subs */
+	struct usps_sub *next; /* in key->subs */
 	usps_handler fn;
 	void *userdata;
 	atomic_uint refs;
-	bool active;		/* under dq_lock: may still be called */
+	bool active; /* under dq_lock: may still be called */
 };
 
 /* One (topic, group) this process subscribes to, with its subscriptions. */
@@ -87,12 +87,12 @@ struct key {
 	struct hnode node;
 	char *topic;
 	size_t topic_len;
-	char *group;		/* NULL: fan-out */
+	char *group; /* NULL: fan-out */
 	size_t group_len;
-	struct usps_sub *subs;	/* in registration order */
+	struct usps_sub *subs; /* in registration order */
 	size_t nsubs;
-	size_t cursor;		/* local round-robin among group members */
-	unsigned waiters;	/* threads waiting on this key's acks */
+	size_t cursor;	  /* local round-robin among group members */
+	unsigned waiters; /* threads waiting on this key's acks */
 	/*
 	 * Membership frames sent to the broker, numbered from 1 over the
 	 * handle's life, and the highest number acknowledged. The broker
@@ -159,18 +159,18 @@ bool usps__dl_on_thread(usps *ps);
 struct peer;
 
 struct bgroup {
-	char *name;		/* decoded group name */
+	char *name; /* decoded group name */
 	size_t len;
-	struct peer **mem;	/* in accept order; self (id 0) first */
+	struct peer **mem; /* in accept order; self (id 0) first */
 	size_t n, cap;
 	size_t cursor;
 };
 
 struct btopic {
 	struct hnode node;
-	char *name;		/* decoded topic */
+	char *name; /* decoded topic */
 	size_t len;
-	struct peer **fan;	/* ungrouped members */
+	struct peer **fan; /* ungrouped members */
 	size_t nfan, capfan;
 	struct bgroup **groups;
 	size_t ngroups, capgroups;
@@ -185,13 +185,13 @@ struct peer {
 	uid_t uid;
 	struct usps__reader rd;
 	struct usps__wq wq;
-	uint32_t nmem;		/* memberships held */
-	bool dead;		/* to be reaped at the end of the loop turn */
-	bool dirty;		/* in the list of peers to flush */
-	bool want_out;		/* EPOLLOUT registered */
-	bool congested;		/* queue over half the cap: intake paused */
-	bool has_lines;		/* complete lines left unread in rd */
-	int64_t progress_ms;	/* last time its queue moved (or congested) */
+	uint32_t nmem;	     /* memberships held */
+	bool dead;	     /* to be reaped at the end of the loop turn */
+	bool dirty;	     /* in the list of peers to flush */
+	bool want_out;	     /* EPOLLOUT registered */
+	bool congested;	     /* queue over half the cap: intake paused */
+	bool has_lines;	     /* complete lines left unread in rd */
+	int64_t progress_ms; /* last time its queue moved (or congested) */
 	struct peer *dirty_next;
 };
 
@@ -267,20 +267,20 @@ int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
 struct usps {
 	char *path;
 	size_t path_len;
-	char *lock_path;	/* path + ".lock": our broker tenure (flock) */
-	char *elect_path;	/* path + ".elect": Mastra's election file */
-	char *dir;		/* dirname(path) */
-	const char *base;	/* basename, inside path */
+	char *lock_path;  /* path + ".lock": our broker tenure (flock) */
+	char *elect_path; /* path + ".elect": Mastra's election file */
+	char *dir;	  /* dirname(path) */
+	const char *base; /* basename, inside path */
 	usps_options opt;
 	uid_t uid;
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;	/* role changes, acks, flush progress */
+	pthread_cond_t cond; /* role changes, acks, flush progress */
 	enum role role;
-	atomic_bool stopping;	/* usps_close() began; set under all locks */
-	atomic_uint inflight;	/* callers inside the API */
-	int open_error;		/* a permanent join error, for usps_open() */
-	uint64_t role_gen;	/* bumped on every role change */
+	atomic_bool stopping; /* usps_close() began; set under all locks */
+	atomic_uint inflight; /* callers inside the API */
+	int open_error;	      /* a permanent join error, for usps_open() */
+	uint64_t role_gen;    /* bumped on every role change */
 
 	/* engine */
 	pthread_t io_thread;
@@ -291,7 +291,7 @@ struct usps {
 	atomic_bool wake_pending;
 
 	/* election and broker tenure */
-	int lockfd;		/* open always; flock held while broker */
+	int lockfd; /* open always; flock held while broker */
 	bool lock_held;
 	/*
 	 * Listening sockets: [0] is bound at the path now. A rebind (the path
@@ -311,8 +311,8 @@ struct usps {
 	unsigned join_backoff_ms;
 	int64_t broker_since_ms;
 	pid_t broker_pid;
-	int64_t conn_since_ms;	/* when the current connection began */
-	int refused;		/* -EPERM once a broker refused our uid */
+	int64_t conn_since_ms; /* when the current connection began */
+	int refused;	       /* -EPERM once a broker refused our uid */
 
 	/* broker */
 	struct peer self;
@@ -322,10 +322,10 @@ struct usps {
 	struct hmap topics;
 	struct peer *dirty;
 	bool reap_pending;
-	unsigned ncongested;	/* peers with congested set */
-	bool intake_paused;	/* peers' EPOLLIN removed */
+	unsigned ncongested; /* peers with congested set */
+	bool intake_paused;  /* peers' EPOLLIN removed */
 	struct usps__uuidgen uuid;
-	struct usps__buf scratch;	/* event frame under construction */
+	struct usps__buf scratch; /* event frame under construction */
 
 	/* client */
 	int connfd;
@@ -336,8 +336,8 @@ struct usps {
 	struct usps__buf conn_out;
 	size_t conn_off;
 	bool conn_want_out;
-	bool conn_paused;	/* reading stopped: deliveries backed up */
-	uint64_t conn_out_end;	/* outbox position when conn_out empties */
+	bool conn_paused;      /* reading stopped: deliveries backed up */
+	uint64_t conn_out_end; /* outbox position when conn_out empties */
 
 	/* registry */
 	struct hmap keys;
@@ -347,12 +347,12 @@ struct usps {
 	pthread_mutex_t out_lock;
 	pthread_cond_t out_cond;
 	struct usps__buf outbox;
-	struct usps__buf route;	/* taken from the outbox, being routed */
+	struct usps__buf route; /* taken from the outbox, being routed */
 	size_t route_off;	/* bytes of route already routed */
 	uint64_t out_appended;	/* bytes ever appended */
 	uint64_t out_taken;	/* bytes taken by the I/O thread */
 	uint64_t out_done;	/* bytes written to the broker, or routed */
-	unsigned flush_waiters;	/* under ps->lock */
+	unsigned flush_waiters; /* under ps->lock */
 
 	/* delivery, under dq_lock */
 	pthread_mutex_t dq_lock;
@@ -364,16 +364,16 @@ struct usps {
 	/* staged, under ps->lock (not dq_lock) */
 	struct usps_delivery *stage_head, *stage_tail;
 	uint64_t stage_n, stage_bytes;
-	struct usps_delivery *timers;	/* redeliveries, sorted by due_ms */
+	struct usps_delivery *timers; /* redeliveries, sorted by due_ms */
 	/* Done deliveries, freed by the thread that allocated them (at its
 	 * next commit): a free on another thread costs an arena lock. */
 	struct usps_delivery *dl_done;
 	uint64_t dl_done_bytes;
-	atomic_bool dl_done_any;	/* dl_done non-empty; read unlocked */
+	atomic_bool dl_done_any; /* dl_done non-empty; read unlocked */
 	uint64_t dq_enq, dq_done;
-	uint64_t dq_bytes;	/* event bytes queued */
-	struct usps_sub *running;	/* sub whose handler runs now */
-	struct usps__uuidgen uuid_local;	/* localOnly stamping */
+	uint64_t dq_bytes;		 /* event bytes queued */
+	struct usps_sub *running;	 /* sub whose handler runs now */
+	struct usps__uuidgen uuid_local; /* localOnly stamping */
 };
 
 /* Bytes of queued deliveries past which a client stops reading. */

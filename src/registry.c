@@ -35,8 +35,8 @@ struct key *usps__key_find(usps *ps, const char *topic, size_t tlen,
 			continue;
 		if (!group != !k->group)
 			continue;
-		if (group && (k->group_len != glen ||
-			      memcmp(k->group, group, glen)))
+		if (group &&
+		    (k->group_len != glen || memcmp(k->group, group, glen)))
 			continue;
 		return k;
 	}

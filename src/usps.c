@@ -270,8 +270,8 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 			break;
 	}
 	r = ps->role != ROLE_JOINING ? 0
-	    : ps->open_error	      ? ps->open_error
-				      : -ETIMEDOUT;
+	    : ps->open_error	     ? ps->open_error
+				     : -ETIMEDOUT;
 	pthread_mutex_unlock(&ps->lock);
 	if (r < 0)
 		goto fail;
@@ -346,7 +346,8 @@ int usps_subscribe(usps *ps, const char *topic, const char *group,
 			return -EINVAL;
 	}
 	/* Escaping can grow a name sixfold. */
-	if ((tlen + glen) > (ps->opt.max_inbound_frame_bytes - FRAME_OVERHEAD) / 6)
+	if ((tlen + glen) >
+	    (ps->opt.max_inbound_frame_bytes - FRAME_OVERHEAD) / 6)
 		return -EMSGSIZE;
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -610,8 +611,8 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 	was_empty = ps->outbox.len == 0;
 	size_t before = ps->outbox.len;
 
-	r = usps__wire_put_publish(&ps->outbox, topic, tlen, type, ylen,
-				   run_id, data, extra);
+	r = usps__wire_put_publish(&ps->outbox, topic, tlen, type, ylen, run_id,
+				   data, extra);
 	if (r == 0)
 		ps->out_appended += ps->outbox.len - before;
 out_unlock:

@@ -1126,7 +1126,6 @@ int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
 	return 0;
 }
 
-
 int usps__wire_event_fields(struct usps__span ev, struct usps__event_fields *f)
 {
 	struct usps__span k, v;

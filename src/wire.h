@@ -90,7 +90,7 @@ bool usps__utf8_valid(const char *p, size_t n);
 
 /* Frame types, by the top-level "type" member. */
 enum usps__frame_type {
-	USPS__F_UNKNOWN,	/* valid JSON object, type missing or unknown */
+	USPS__F_UNKNOWN, /* valid JSON object, type missing or unknown */
 	USPS__F_SUBSCRIBE,
 	USPS__F_UNSUBSCRIBE,
 	USPS__F_PUBLISH,
@@ -116,16 +116,16 @@ enum usps__frame_type {
 
 /* How a "group" (or "localOnly") member was given. */
 enum usps__opt_kind {
-	USPS__OPT_ABSENT,	/* no such member */
-	USPS__OPT_UNDEFINED,	/* {"__m_codec__":"Undefined"} */
-	USPS__OPT_NULL,		/* null */
-	USPS__OPT_STRING,	/* a string */
-	USPS__OPT_OTHER,	/* anything else */
+	USPS__OPT_ABSENT,    /* no such member */
+	USPS__OPT_UNDEFINED, /* {"__m_codec__":"Undefined"} */
+	USPS__OPT_NULL,	     /* null */
+	USPS__OPT_STRING,    /* a string */
+	USPS__OPT_OTHER,     /* anything else */
 };
 
 /* The stamped and usual members of an event object, as raw spans. */
 struct usps__event_fields {
-	struct usps__span type;		/* n == 0: absent */
+	struct usps__span type; /* n == 0: absent */
 	struct usps__span id;
 	struct usps__span run_id;
 	struct usps__span data;
@@ -140,11 +140,11 @@ struct usps__event_fields {
  */
 struct usps__frame {
 	enum usps__frame_type type;
-	struct usps__span topic;	/* n == 0: absent */
-	struct usps__span group;	/* n == 0: absent */
+	struct usps__span topic; /* n == 0: absent */
+	struct usps__span group; /* n == 0: absent */
 	enum usps__opt_kind group_kind;
-	struct usps__span event;	/* n == 0: absent */
-	bool local_only;		/* "localOnly" is exactly true */
+	struct usps__span event; /* n == 0: absent */
+	bool local_only;	 /* "localOnly" is exactly true */
 	/* If "event" is an object: its members, found in the same pass. */
 	bool ev_known;
 	struct usps__event_fields ev;
@@ -159,7 +159,6 @@ struct usps__frame {
  * UTF-8, too deep, not an object), in which case Mastra drops the line.
  */
 int usps__wire_parse(const char *line, size_t n, struct usps__frame *f);
-
 
 /*
  * usps__wire_event_fields() - find the members above in the event object
@@ -193,7 +192,7 @@ int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms);
 /* Source of UUID v4s: random bytes from getrandom(2), refilled in blocks. */
 struct usps__uuidgen {
 	uint8_t pool[4096];
-	size_t pos;	/* bytes used; sizeof(pool) means empty */
+	size_t pos; /* bytes used; sizeof(pool) means empty */
 };
 void usps__uuidgen_init(struct usps__uuidgen *g);
 /*
@@ -211,7 +210,8 @@ int usps__uuid4(struct usps__uuidgen *g, char out[37]);
 /* {"type":"subscribe"|"unsubscribe","topic":T} or ...,"group":G} */
 int usps__wire_put_membership(struct usps__buf *b, bool unsubscribe,
 			      const char *topic, size_t topic_len,
-			      const char *group, size_t group_len /* group NULL: none */);
+			      const char *group,
+			      size_t group_len /* group NULL: none */);
 
 /*
  * {"type":"subscribed"|"unsubscribed","topic":<raw>[,"group":<raw>]}

@@ -28,11 +28,11 @@ struct col {
 	int64_t created[COL_MAX];
 	int64_t at_ms[COL_MAX];
 	char id[COL_MAX][40];
-	int nack_until;		/* nack while delivery_attempt < this */
+	int nack_until; /* nack while delivery_attempt < this */
 	bool nack_always;
-	usps *unsub_ps;		/* unsubscribe *unsub_sub from the handler */
+	usps *unsub_ps; /* unsubscribe *unsub_sub from the handler */
 	usps_sub **unsub_sub;
-	pthread_mutex_t *block;	/* hold this while handling (slow handler) */
+	pthread_mutex_t *block; /* hold this while handling (slow handler) */
 };
 
 static inline void col_init(struct col *c)
@@ -48,8 +48,7 @@ static inline void col_free(struct col *c)
 	pthread_cond_destroy(&c->cv);
 }
 
-static inline void col_handler(const usps_event *ev, usps_delivery *d,
-			       void *ud)
+static inline void col_handler(const usps_event *ev, usps_delivery *d, void *ud)
 {
 	struct col *c = ud;
 
@@ -194,8 +193,8 @@ struct raw_reader {
 };
 
 /* Next line from @fd within @timeout_ms: 1, 0 EOF, -ETIMEDOUT, -errno. */
-static inline int raw_line(int fd, struct raw_reader *r, char *out,
-			   size_t cap, int timeout_ms)
+static inline int raw_line(int fd, struct raw_reader *r, char *out, size_t cap,
+			   int timeout_ms)
 {
 	return harness_read_line(fd, r->buf, &r->len, sizeof(r->buf), out, cap,
 				 timeout_ms);

@@ -39,49 +39,49 @@ static char harness_dir[PATH_MAX];
 
 #define TEST(name) static void name(void)
 
-#define CHECK(cond)                                                          \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n",     \
-				__FILE__, __LINE__, harness_cur_name, #cond);  \
-			harness_cur_failed++;                                \
-		}                                                            \
+#define CHECK(cond)                                                           \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n",      \
+				__FILE__, __LINE__, harness_cur_name, #cond); \
+			harness_cur_failed++;                                 \
+		}                                                             \
 	} while (0)
 
-#define CHECK_EQ_INT(a, b)                                                   \
-	do {                                                                 \
-		long long a_ = (long long)(a), b_ = (long long)(b);          \
-		if (a_ != b_) {                                              \
-			fprintf(stderr,                                      \
+#define CHECK_EQ_INT(a, b)                                                    \
+	do {                                                                  \
+		long long a_ = (long long)(a), b_ = (long long)(b);           \
+		if (a_ != b_) {                                               \
+			fprintf(stderr,                                       \
 				"%s:%d: %s: %s == %s failed: %lld != %lld\n", \
-				__FILE__, __LINE__, harness_cur_name, #a, #b,  \
-				a_, b_);                                     \
-			harness_cur_failed++;                                \
-		}                                                            \
+				__FILE__, __LINE__, harness_cur_name, #a, #b, \
+				a_, b_);                                      \
+			harness_cur_failed++;                                 \
+		}                                                             \
 	} while (0)
 
-#define CHECK_EQ_STR(a, b)                                                   \
-	do {                                                                 \
-		const char *a_ = (a), *b_ = (b);                             \
-		if (!a_ || !b_ || strcmp(a_, b_) != 0) {                     \
-			fprintf(stderr,                                      \
-				"%s:%d: %s: %s == %s failed:\n  got  %s\n"   \
-				"  want %s\n",                               \
-				__FILE__, __LINE__, harness_cur_name, #a, #b,  \
-				a_ ? a_ : "(null)", b_ ? b_ : "(null)");     \
-			harness_cur_failed++;                                \
-		}                                                            \
+#define CHECK_EQ_STR(a, b)                                                    \
+	do {                                                                  \
+		const char *a_ = (a), *b_ = (b);                              \
+		if (!a_ || !b_ || strcmp(a_, b_) != 0) {                      \
+			fprintf(stderr,                                       \
+				"%s:%d: %s: %s == %s failed:\n  got  %s\n"    \
+				"  want %s\n",                                \
+				__FILE__, __LINE__, harness_cur_name, #a, #b, \
+				a_ ? a_ : "(null)", b_ ? b_ : "(null)");      \
+			harness_cur_failed++;                                 \
+		}                                                             \
 	} while (0)
 
 /* Stop the current test here if a check failed (e.g. before using a NULL). */
-#define REQUIRE(cond)                                                        \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "%s:%d: %s: REQUIRE(%s) failed\n",   \
-				__FILE__, __LINE__, harness_cur_name, #cond);  \
-			harness_cur_failed++;                                \
-			return;                                              \
-		}                                                            \
+#define REQUIRE(cond)                                                         \
+	do {                                                                  \
+		if (!(cond)) {                                                \
+			fprintf(stderr, "%s:%d: %s: REQUIRE(%s) failed\n",    \
+				__FILE__, __LINE__, harness_cur_name, #cond); \
+			harness_cur_failed++;                                 \
+			return;                                               \
+		}                                                             \
 	} while (0)
 
 static inline int64_t harness_now_ms(void)
@@ -201,8 +201,8 @@ static inline bool harness_exited_ok(int status)
  */
 struct harness_child {
 	pid_t pid;
-	int rd;		/* parent reads the child's lines here */
-	int wr;		/* parent writes commands here */
+	int rd; /* parent reads the child's lines here */
+	int wr; /* parent writes commands here */
 	char buf[8192];
 	size_t len;
 };

@@ -93,8 +93,8 @@ TEST(three_handles)
 	for (int i = 0; i < 3; i++) {
 		col_init(&c[i]);
 		REQUIRE(open_default(&h[i], sock()) == 0);
-		CHECK_EQ_INT(usps_subscribe(h[i], "t", NULL, col_handler,
-					    &c[i], &s),
+		CHECK_EQ_INT(usps_subscribe(h[i], "t", NULL, col_handler, &c[i],
+					    &s),
 			     0);
 	}
 	CHECK_EQ_INT(PUB(h[1], "t", "x"), 0);
@@ -116,12 +116,10 @@ TEST(local_group_round_robin)
 	col_init(&w1);
 	col_init(&w2);
 	REQUIRE(open_default(&b, sock()) == 0);
-	CHECK_EQ_INT(usps_subscribe(b, "jobs", "workers", col_handler, &w1,
-				    &s1),
-		     0);
-	CHECK_EQ_INT(usps_subscribe(b, "jobs", "workers", col_handler, &w2,
-				    &s2),
-		     0);
+	CHECK_EQ_INT(
+		usps_subscribe(b, "jobs", "workers", col_handler, &w1, &s1), 0);
+	CHECK_EQ_INT(
+		usps_subscribe(b, "jobs", "workers", col_handler, &w2, &s2), 0);
 	for (int i = 0; i < 4; i++)
 		CHECK_EQ_INT(PUB(b, "jobs", "job"), 0);
 	CHECK_EQ_INT(usps_flush(b, 2000), 0);
@@ -188,8 +186,7 @@ TEST(independent_groups)
 	col_init(&a);
 	REQUIRE(open_default(&b, sock()) == 0);
 	REQUIRE(open_default(&c, sock()) == 0);
-	CHECK_EQ_INT(usps_subscribe(b, "t", "workers", col_handler, &w, &s),
-		     0);
+	CHECK_EQ_INT(usps_subscribe(b, "t", "workers", col_handler, &w, &s), 0);
 	CHECK_EQ_INT(usps_subscribe(c, "t", "auditors", col_handler, &a, &s),
 		     0);
 	CHECK_EQ_INT(PUB(b, "t", "e"), 0);
@@ -354,8 +351,10 @@ TEST(backpressured_client_catches_up)
 		     0);
 	fd = raw_connect(sock());
 	REQUIRE(fd >= 0);
-	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"topic-a\"}\n"),
-		     0);
+	CHECK_EQ_INT(
+		raw_sends(fd,
+			  "{\"type\":\"subscribe\",\"topic\":\"topic-a\"}\n"),
+		0);
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
 	CHECK_EQ_STR(line, "{\"type\":\"subscribed\",\"topic\":\"topic-a\"}");
 	/* Not reading now. */
@@ -413,7 +412,8 @@ TEST(stuck_client_dropped)
 	int small = 4096;
 
 	(void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
-	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
+	CHECK_EQ_INT(
+		raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
 	CHECK(wait_clients(b, 2, 2000));
 	payload[0] = '"';
@@ -506,8 +506,8 @@ TEST(options_and_arguments)
 	CHECK_EQ_INT(usps_publish(b, "t", "x", "{}", 2, 1u << 7), -EINVAL);
 	CHECK_EQ_INT(usps_publish_ex(b, "t", "x", "{}", 2, NULL, "[1]", 3, 0),
 		     -EINVAL);
-	CHECK_EQ_INT(usps_publish_ex(b, "t", "x", "{}", 2, NULL,
-				     "{\"type\":1}", 10, 0),
+	CHECK_EQ_INT(usps_publish_ex(b, "t", "x", "{}", 2, NULL, "{\"type\":1}",
+				     10, 0),
 		     -EINVAL);
 	CHECK_EQ_INT(usps_unsubscribe(b, NULL), -EINVAL);
 	CHECK_EQ_INT(usps_nack(NULL), -EINVAL);
@@ -617,7 +617,8 @@ TEST(raw_acks_and_junk)
 	usps *b = NULL;
 	struct raw_reader rr = { 0 };
 	char line[512];
-	const char *sub = "{\"type\":\"subscribe\",\"topic\":\"topic-\xc3\xa9\"}\n";
+	const char *sub =
+		"{\"type\":\"subscribe\",\"topic\":\"topic-\xc3\xa9\"}\n";
 	int fd;
 
 	REQUIRE(open_default(&b, sock()) == 0);
@@ -626,13 +627,22 @@ TEST(raw_acks_and_junk)
 	for (const char *p = sub; *p; p++)
 		CHECK_EQ_INT(raw_send(fd, p, 1), 0);
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
-	CHECK_EQ_STR(line, "{\"type\":\"subscribed\",\"topic\":\"topic-\xc3\xa9\"}");
+	CHECK_EQ_STR(line,
+		     "{\"type\":\"subscribed\",\"topic\":\"topic-\xc3\xa9\"}");
 	CHECK(wait_clients(b, 1, 2000));
 
 	const char *junk[] = {
-		"not json\n", "\n", "   \r\n", "null\n", "42\n", "[]\n",
-		"\"str\"\n", "{\"topic\":\"x\"}\n", "{\"type\":\"ack\"}\n",
-		"{\"type\":\"nack\",\"id\":\"x\"}\n", "{\"type\":\"wat\"}\n",
+		"not json\n",
+		"\n",
+		"   \r\n",
+		"null\n",
+		"42\n",
+		"[]\n",
+		"\"str\"\n",
+		"{\"topic\":\"x\"}\n",
+		"{\"type\":\"ack\"}\n",
+		"{\"type\":\"nack\",\"id\":\"x\"}\n",
+		"{\"type\":\"wat\"}\n",
 		"{\"type\":\"event\",\"topic\":\"t\",\"event\":{}}\n",
 		"{\"type\":\"subscribe\",\"topic\":\"\xff\"}\n",
 		"{\"type\":\"publish\",\"topic\":\"t\",\"event\":{\"a\":[1,}}\n",
@@ -682,7 +692,8 @@ TEST(raw_status_query)
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
 	snprintf(want, sizeof(want),
 		 "{\"type\":\"usps.status\",\"pid\":%ld,\"uid\":%lu,"
-		 "\"clients\":1,", (long)getpid(), (unsigned long)geteuid());
+		 "\"clients\":1,",
+		 (long)getpid(), (unsigned long)geteuid());
 	CHECK(strncmp(line, want, strlen(want)) == 0);
 	CHECK(strstr(line, "\"version\":\"" USPS_VERSION_STRING "\"}") != NULL);
 	close(fd);
@@ -703,15 +714,18 @@ TEST(raw_event_frames)
 	REQUIRE(open_default(&b, sock()) == 0);
 	fd = raw_connect(sock());
 	REQUIRE(fd >= 0);
-	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
-				   "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
-				   "{\"type\":\"subscribe\",\"topic\":\"t\",\"group\":\"g\"}\n"),
-		     0);
+	CHECK_EQ_INT(
+		raw_sends(
+			fd,
+			"{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
+			"{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
+			"{\"type\":\"subscribe\",\"topic\":\"t\",\"group\":\"g\"}\n"),
+		0);
 	for (int i = 0; i < 3; i++)
 		CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
 	CHECK_EQ_INT(usps_publish_ex(b, "t", "hello", "{\"msg\":\"hi\"}", 12,
-				     "run-1", "{\"index\":3,\"id\":\"mine\"}", 23,
-				     0),
+				     "run-1", "{\"index\":3,\"id\":\"mine\"}",
+				     23, 0),
 		     0);
 	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"publish\",\"topic\":\"t\","
 				   "\"event\":{\"type\":\"second\"}}\n"),
@@ -731,9 +745,12 @@ TEST(raw_event_frames)
 				"{\"type\":\"hello\",\"runId\":\"run-1\","
 				"\"data\":{\"msg\":\"hi\"},\"index\":3,\"id\":\"";
 			CHECK(strncmp(line, pre, strlen(pre)) == 0);
-			const char *ca = strstr(line, "\",\"createdAt\":{\"__m_codec__\":\"Date\",\"v\":\"");
+			const char *ca = strstr(
+				line,
+				"\",\"createdAt\":{\"__m_codec__\":\"Date\",\"v\":\"");
 			CHECK(ca && ca - line == (long)strlen(pre) + 36);
-			CHECK(strstr(line, "Z\"},\"deliveryAttempt\":1}}") != NULL);
+			CHECK(strstr(line, "Z\"},\"deliveryAttempt\":1}}") !=
+			      NULL);
 		}
 		if (events == 4)
 			break;
@@ -765,13 +782,15 @@ TEST(raw_legacy_local_only)
 	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &fc, &s), 0);
 	fd = raw_connect(sock());
 	REQUIRE(fd >= 0);
-	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
+	CHECK_EQ_INT(
+		raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
-	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
-				   "{\"type\":\"legacy\"},\"localOnly\":true}\n"
-				   "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
-				   "{\"type\":\"marker\"}}\n"),
-		     0);
+	CHECK_EQ_INT(
+		raw_sends(fd, "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
+			      "{\"type\":\"legacy\"},\"localOnly\":true}\n"
+			      "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
+			      "{\"type\":\"marker\"}}\n"),
+		0);
 	CHECK(col_wait_type(&fc, "marker", 2000));
 	CHECK(col_wait_type(&fb, "marker", 2000));
 	CHECK(col_has(&fb, "legacy"));
@@ -795,7 +814,7 @@ TEST(raw_legacy_local_only)
 struct fake {
 	int lfd;
 	pthread_t th;
-	int mode;	/* 0: count subscribes, ack; 1: oversize reply;
+	int mode; /* 0: count subscribes, ack; 1: oversize reply;
 			 * 2: close on first data, then stop listening */
 	int subscribes;
 	int done;
@@ -829,7 +848,9 @@ static void *fake_main(void *arg)
 		}
 		if (strstr(line, "\"type\":\"subscribe\"")) {
 			f->subscribes++;
-			(void)raw_sends(fd, "{\"type\":\"subscribed\",\"topic\":\"t\"}\n");
+			(void)raw_sends(
+				fd,
+				"{\"type\":\"subscribed\",\"topic\":\"t\"}\n");
 		}
 		if (strstr(line, "\"stop\""))
 			break;
@@ -997,8 +1018,7 @@ TEST(nack_redelivery)
 	twice.nack_until = 3;
 	always.nack_always = true;
 	REQUIRE(open_default(&b, sock()) == 0);
-	CHECK_EQ_INT(usps_subscribe(b, "a", NULL, col_handler, &twice, &s1),
-		     0);
+	CHECK_EQ_INT(usps_subscribe(b, "a", NULL, col_handler, &twice, &s1), 0);
 	CHECK_EQ_INT(usps_subscribe(b, "b", NULL, col_handler, &always, &s2),
 		     0);
 	CHECK_EQ_INT(PUB(b, "a", "x"), 0);
@@ -1096,8 +1116,9 @@ TEST(data_verbatim)
 	usps *b = NULL, *c = NULL;
 	struct col cc;
 	usps_sub *s;
-	const char *d = "{\"u\":\"\\u00e9\xc3\xa9\\n\",\"n\":12345678901234567890,"
-			"\n \"deep\":[[[{\"a\":null}]]]}";
+	const char *d =
+		"{\"u\":\"\\u00e9\xc3\xa9\\n\",\"n\":12345678901234567890,"
+		"\n \"deep\":[[[{\"a\":null}]]]}";
 
 	col_init(&cc);
 	REQUIRE(open_default(&b, sock()) == 0);
@@ -1105,8 +1126,9 @@ TEST(data_verbatim)
 	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &s), 0);
 	CHECK_EQ_INT(usps_publish(b, "t", "x", d, strlen(d), 0), 0);
 	CHECK_EQ_INT(col_wait(&cc, 1, 2000), 1);
-	CHECK_EQ_STR(cc.data[0], "{\"u\":\"\\u00e9\xc3\xa9\\n\",\"n\":12345678901234567890,"
-				 "\"deep\":[[[{\"a\":null}]]]}");
+	CHECK_EQ_STR(cc.data[0],
+		     "{\"u\":\"\\u00e9\xc3\xa9\\n\",\"n\":12345678901234567890,"
+		     "\"deep\":[[[{\"a\":null}]]]}");
 	usps_close(c);
 	usps_close(b);
 	col_free(&cc);
@@ -1159,7 +1181,6 @@ TEST(directory_checks)
 	fclose(f);
 	CHECK_EQ_INT(usps_open(&b, p, NULL), -ENOTDIR);
 }
-
 
 struct path_arg {
 	const char *path;

@@ -56,24 +56,30 @@ static int other_broker(void *arg, int in_fd, int out_fd)
 		return 1;
 	}
 	r = usps_open(&ps, sock(), NULL);
-	harness_say(out_fd, "open %d broker %d", r, r == 0 && usps_is_broker(ps));
+	harness_say(out_fd, "open %d broker %d", r,
+		    r == 0 && usps_is_broker(ps));
 	(void)harness_read_line(in_fd, buf, &len, sizeof(buf), line,
 				sizeof(line), 20000);
 	usps_close(ps);
 	return 0;
 }
 
-/* Child: become the other user and try to join (and, if that seemed to
- * work, to subscribe); report the results. */
+/* Child: become the other user; on "go", try to join (and, if that seemed
+ * to work, to subscribe); report the results. It is forked before the
+ * parent opens its handle, so that no thread is forked. */
 static int other_client(void *arg, int in_fd, int out_fd)
 {
 	usps_options o;
 	usps *ps = NULL;
 	usps_sub *sub;
+	char line[64], buf[256];
+	size_t len = 0;
 	int r, s = 1;
 
 	(void)arg;
-	(void)in_fd;
+	if (harness_read_line(in_fd, buf, &len, sizeof(buf), line, sizeof(line),
+			      20000) != 1)
+		return 1;
 	if (drop_privileges() < 0) {
 		harness_say(out_fd, "error drop");
 		return 1;
@@ -101,9 +107,8 @@ TEST(client_refuses_other_users_broker)
 
 	make_shared_dir();
 	REQUIRE(harness_spawn(&c, other_broker, NULL) == 0);
-	CHECK_EQ_INT(harness_child_expect(&c, "open", line, sizeof(line),
-					  10000),
-		     1);
+	CHECK_EQ_INT(
+		harness_child_expect(&c, "open", line, sizeof(line), 10000), 1);
 	CHECK_EQ_STR(line, "open 0 broker 1");
 	usps_options_init(&o);
 	o.open_timeout_ms = 3000;
@@ -129,13 +134,16 @@ TEST(broker_refuses_other_users)
 	char line[128];
 
 	make_shared_dir();
-	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(harness_spawn(&c, other_client, NULL) == 0);
+	if (open_default(&b, sock()) < 0) {
+		(void)harness_child_finish(&c, 5000);
+		REQUIRE(false);
+	}
 	CHECK(usps_is_broker(b));
 	CHECK_EQ_INT(chmod(sock(), 0666), 0);
-	REQUIRE(harness_spawn(&c, other_client, NULL) == 0);
-	CHECK_EQ_INT(harness_child_expect(&c, "open", line, sizeof(line),
-					  10000),
-		     1);
+	harness_tell(&c, "go");
+	CHECK_EQ_INT(
+		harness_child_expect(&c, "open", line, sizeof(line), 10000), 1);
 	/* The connect itself succeeds (the check follows accept). */
 	CHECK_EQ_STR(line, "open 0 sub -1 broker 0");
 	CHECK_EQ_INT(usps_remote_client_count(b), 0);
@@ -154,13 +162,16 @@ TEST(socket_mode_keeps_others_out)
 	int r = 0;
 
 	make_shared_dir();
-	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(harness_spawn(&c, other_client, NULL) == 0);
+	if (open_default(&b, sock()) < 0) {
+		(void)harness_child_finish(&c, 5000);
+		REQUIRE(false);
+	}
 	CHECK_EQ_INT(stat(sock(), &st), 0);
 	CHECK_EQ_INT(st.st_mode & 0777, 0600);
-	REQUIRE(harness_spawn(&c, other_client, NULL) == 0);
-	CHECK_EQ_INT(harness_child_expect(&c, "open", line, sizeof(line),
-					  10000),
-		     1);
+	harness_tell(&c, "go");
+	CHECK_EQ_INT(
+		harness_child_expect(&c, "open", line, sizeof(line), 10000), 1);
 	CHECK(sscanf(line, "open %d", &r) == 1);
 	CHECK_EQ_INT(r, -EACCES);
 	CHECK_EQ_INT(usps_remote_client_count(b), 0);
