@@ -815,7 +815,9 @@ struct fake {
 	int lfd;
 	pthread_t th;
 	int mode; /* 0: count subscribes, ack; 1: oversize reply;
-			 * 2: close on first data, then stop listening */
+			 * 2: close on first data, then stop listening;
+			 * 3: never ack; on a publish of type "send",
+			 * send two odd event frames */
 	int subscribes;
 	int done;
 };
@@ -845,6 +847,23 @@ static void *fake_main(void *arg)
 			free(big);
 			(void)raw_wait_closed(fd, 3000);
 			break;
+		}
+		if (f->mode == 3) {
+			if (strstr(line, "\"type\":\"subscribe\""))
+				f->subscribes++;
+			if (strstr(line, "\"type\":\"send\""))
+				(void)raw_sends(
+					fd,
+					"{\"type\":\"event\",\"topic\":\"t\","
+					"\"event\":{\"type\":\"nobody\"},"
+					"\"group\":null}\n"
+					"{\"type\":\"event\",\"topic\":\"t\","
+					"\"event\":{\"type\":\"plain\",\"id\":\"x\","
+					"\"createdAt\":\"2024-06-15T12:34:56."
+					"789Z\"}}\n");
+			if (strstr(line, "\"stop\""))
+				break;
+			continue;
 		}
 		if (strstr(line, "\"type\":\"subscribe\"")) {
 			f->subscribes++;
@@ -903,6 +922,39 @@ TEST(client_no_duplicate_subscribe)
 	CHECK(wait_broker(c, 3000));
 	CHECK_EQ_INT(PUB(c, "t", "after"), 0);
 	CHECK_EQ_INT(col_wait(&cc, 2, 2000), 2);
+	usps_close(c);
+	col_free(&cc);
+}
+
+/* 87, 81: a broker that never acks (an old Mastra) lets subscribe return
+ * after the ack timeout; an event with "group":null reaches nobody; a plain
+ * string createdAt is read too. */
+TEST(client_ack_timeout_and_odd_events)
+{
+	struct fake f;
+	usps_options o;
+	usps *c = NULL;
+	struct col cc;
+	usps_sub *s;
+	int64_t t0, took;
+
+	col_init(&cc);
+	REQUIRE(fake_start(&f, sock(), 3) == 0);
+	usps_options_init(&o);
+	o.membership_ack_timeout_ms = 300;
+	REQUIRE(usps_open(&c, sock(), &o) == 0);
+	t0 = harness_now_ms();
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &s), 0);
+	took = harness_now_ms() - t0;
+	CHECK(took >= 290 && took < 5000);
+	CHECK_EQ_INT(PUB(c, "t", "send"), 0);
+	CHECK(col_wait_type(&cc, "plain", 3000));
+	CHECK(!col_has(&cc, "nobody"));
+	CHECK_EQ_INT(cc.created[0], 1718454896789ll);
+	CHECK_EQ_INT(PUB(c, "stop", "stop"), 0);
+	CHECK_EQ_INT(usps_flush(c, 2000), 0);
+	fake_stop(&f, sock());
+	CHECK_EQ_INT(f.subscribes, 1);
 	usps_close(c);
 	col_free(&cc);
 }
@@ -1304,6 +1356,7 @@ int main(void)
 	RUN(raw_event_frames);
 	RUN(raw_legacy_local_only);
 	RUN(client_no_duplicate_subscribe);
+	RUN(client_ack_timeout_and_odd_events);
 	RUN(client_drops_oversized_broker_frame);
 	RUN(client_broker_gone_before_ack);
 	RUN(promotion_after_close);
