@@ -24,7 +24,7 @@ static void conn_events(usps *ps)
 }
 
 /* Write what is queued for the broker; note when it is all out. */
-static void conn_flush(usps *ps)
+void usps__client_flush(usps *ps)
 {
 	bool want_out = false;
 
@@ -74,7 +74,7 @@ int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
 		k->unsub_sent++;
 	else
 		k->sub_sent++;
-	conn_flush(ps);
+	usps__client_flush(ps);
 	return 0;
 }
 
@@ -117,7 +117,7 @@ void usps__client_take_outbox(usps *ps)
 	}
 	pthread_mutex_unlock(&ps->out_lock);
 	if (took)
-		conn_flush(ps);
+		usps__client_flush(ps);
 }
 
 int usps__client_start(usps *ps, int fd, pid_t broker_pid)
@@ -315,5 +315,5 @@ void usps__client_io(usps *ps, uint32_t events)
 		}
 	}
 	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)
-		conn_flush(ps);
+		usps__client_flush(ps);
 }

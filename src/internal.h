@@ -232,6 +232,8 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid);
 void usps__client_lost(usps *ps);
 /* Move the outbox onto the connection and write. */
 void usps__client_take_outbox(usps *ps);
+/* Write what is queued on the connection (ps->lock held; any thread). */
+void usps__client_flush(usps *ps);
 /* Read again if the delivery backlog has drained. */
 void usps__client_resume(usps *ps);
 /* Send a membership frame for @k on the live connection. */
@@ -326,6 +328,7 @@ struct usps {
 	bool intake_paused;  /* peers' EPOLLIN removed */
 	struct usps__uuidgen uuid;
 	struct usps__buf scratch; /* event frame under construction */
+	struct usps__buf direct;  /* a publish routed by its caller */
 
 	/* client */
 	int connfd;
