@@ -23,6 +23,19 @@ static void conn_events(usps *ps)
 	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
 }
 
+/* Everything handed to the connection is out (written, or lost with it):
+ * release usps_flush() waiters. */
+static void conn_emptied(usps *ps)
+{
+	ps->conn_out.len = ps->conn_off = 0;
+	pthread_mutex_lock(&ps->out_lock);
+	if (ps->out_done < ps->conn_out_end) {
+		ps->out_done = ps->conn_out_end;
+		pthread_cond_broadcast(&ps->out_cond);
+	}
+	pthread_mutex_unlock(&ps->out_lock);
+}
+
 /* Write what is queued for the broker; note when it is all out. */
 void usps__client_flush(usps *ps)
 {
@@ -45,15 +58,8 @@ void usps__client_flush(usps *ps)
 		}
 		ps->conn_off += (size_t)n;
 	}
-	if (!want_out) {
-		ps->conn_out.len = ps->conn_off = 0;
-		pthread_mutex_lock(&ps->out_lock);
-		if (ps->out_done < ps->conn_out_end) {
-			ps->out_done = ps->conn_out_end;
-			pthread_cond_broadcast(&ps->out_cond);
-		}
-		pthread_mutex_unlock(&ps->out_lock);
-	}
+	if (!want_out)
+		conn_emptied(ps);
 	if (want_out != ps->conn_want_out) {
 		ps->conn_want_out = want_out;
 		conn_events(ps);
@@ -167,13 +173,7 @@ void usps__client_lost(usps *ps)
 	ps->connfd = -1;
 	usps__reader_free(&ps->conn_rd);
 	/* Publishes written to a dead broker are lost (at-most-once). */
-	ps->conn_out.len = ps->conn_off = 0;
-	pthread_mutex_lock(&ps->out_lock);
-	if (ps->out_done < ps->conn_out_end) {
-		ps->out_done = ps->conn_out_end;
-		pthread_cond_broadcast(&ps->out_cond);
-	}
-	pthread_mutex_unlock(&ps->out_lock);
+	conn_emptied(ps);
 	ps->broker_pid = 0;
 	/* A broker that drops us at once (it refuses us, or is dying) is not
 	 * retried in a tight loop. */
