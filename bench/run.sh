@@ -161,7 +161,7 @@ mkdir -p "$(dirname "$out_md")"
 	echo "- commit: $commit"
 	echo "- nproc: $(nproc); $(uname -sr)"
 	echo "- runs: $runs per benchmark; median, then every run in order"
-	echo "- build: $build"
+	echo "- build: ${build#"$root"/}"
 	echo "- targets (this milestone): >= 1,000,000 events/s for 100 B events, lost = 0; RTT p50 <= 80 us"
 	echo
 	echo "| benchmark | metric | median | runs |"
