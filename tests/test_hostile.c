@@ -1,0 +1,412 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Hostile peers: whatever a local process writes to the socket, the broker
+ * neither crashes, stalls nor corrupts what it sends others. Each test
+ * ends by proving that a well-behaved client still gets its events.
+ */
+#include "common.h"
+
+#include <sys/resource.h>
+
+/* Sanitizers' shadow memory makes RSS meaningless as a bound. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+#ifndef UNDER_SANITIZER
+#define UNDER_SANITIZER 0
+#endif
+
+static char path[PATH_MAX];
+
+static const char *sock(void)
+{
+	return harness_path(path, "bus.sock");
+}
+
+/* The bus still works: c gets a marker published by the broker. */
+static void still_works(usps *b, struct col *cc, const char *marker)
+{
+	CHECK_EQ_INT(usps_publish(b, "t", marker, "{}", 2, 0), 0);
+	CHECK(col_wait_type(cc, marker, 5000));
+}
+
+struct bus {
+	usps *b, *c;
+	struct col cb, cc;
+	usps_sub *sb, *sc;
+};
+
+static int bus_open(struct bus *x, const usps_options *o)
+{
+	memset(x, 0, sizeof(*x));
+	col_init(&x->cb);
+	col_init(&x->cc);
+	if (usps_open(&x->b, sock(), o) < 0 || usps_open(&x->c, sock(), o) < 0)
+		return -1;
+	if (usps_subscribe(x->b, "t", NULL, col_handler, &x->cb, &x->sb) < 0 ||
+	    usps_subscribe(x->c, "t", NULL, col_handler, &x->cc, &x->sc) < 0)
+		return -1;
+	return 0;
+}
+
+static void bus_close(struct bus *x)
+{
+	usps_close(x->c);
+	usps_close(x->b);
+	col_free(&x->cb);
+	col_free(&x->cc);
+}
+
+/* Invalid JSON, invalid UTF-8, huge numbers, bad envelopes, event frames
+ * and unknown types: ignored or forwarded verbatim; the peer stays. */
+TEST(garbage_lines)
+{
+	struct bus x;
+	struct raw_reader rr = { 0 };
+	char line[4096];
+	int fd;
+	static const char *const lines[] = {
+		"{\"type\":\"publish\",\"topic\":\"t\",\"event\":{\"type\":\"a\"\n",
+		"{\"type\":\"publish\",\"topic\":\"t\",\"event\":{\"type\":\"\xc3\x28\"}}\n",
+		"{\"type\":\"publish\",\"topic\":\"\xed\xa0\x80\",\"event\":{}}\n",
+		"\xff\xfe\xfd\n",
+		"{\"type\":\"publish\",\"topic\":\"t\",\"event\":{\"type\":\"nan\",\"data\":NaN}}\n",
+		"{\"type\":\"subscribe\",\"topic\":\"t\",\"group\":{\"a\":[1,2]}}\n",
+		"{\"type\":\"event\",\"topic\":\"t\",\"event\":{\"type\":\"forged\"}}\n",
+		"{\"type\":\"usps.whatever\"}\n",
+		"{\"type\":7}\n",
+		"{}\n",
+	};
+
+	REQUIRE(bus_open(&x, NULL) == 0);
+	fd = raw_connect(sock());
+	REQUIRE(fd >= 0);
+	CHECK_EQ_INT(
+		raw_sends(fd, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 2000), 1);
+	for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+		CHECK_EQ_INT(raw_sends(fd, lines[i]), 0);
+	CHECK_EQ_INT(raw_send(fd, "\x00\x01\x02\n", 4), 0);
+	/* Valid but extreme values are forwarded verbatim. */
+	CHECK_EQ_INT(
+		raw_sends(fd,
+			  "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
+			  "{\"type\":\"huge\",\"data\":[1e999999,"
+			  "-123456789012345678901234567890.5e-300,"
+			  "{\"__m_codec__\":\"Date\",\"v\":\"garbage\"},"
+			  "{\"__m_codec__\":\"BigInt\",\"v\":\"abc\"},"
+			  "{\"__m_codec__\":\"Error\",\"v\":{\"x\":"
+			  "{\"__m_codec__\":\"BigInt\",\"v\":\"1\"}}}]}}\n"),
+		0);
+	CHECK(col_wait_type(&x.cc, "huge", 3000));
+	/* (the collector keeps the first 127 bytes) */
+	CHECK(strncmp(x.cc.data[0],
+		      "[1e999999,-123456789012345678901234567890.5e-300,"
+		      "{\"__m_codec__\":\"Date\",\"v\":\"garbage\"},"
+		      "{\"__m_codec__\":\"BigInt\",\"v\":\"abc\"},{\"__m_",
+		      127) == 0);
+	CHECK(!col_has(&x.cc, "forged") && !col_has(&x.cc, "a"));
+	/* The garbage sender is still connected and served. */
+	still_works(x.b, &x.cc, "after-garbage");
+	int events = 0;
+
+	while (raw_line(fd, &rr, line, sizeof(line), 2000) == 1)
+		if (strstr(line, "after-garbage") && ++events)
+			break;
+	CHECK_EQ_INT(events, 1);
+	CHECK_EQ_INT(usps_remote_client_count(x.b), 2);
+	close(fd);
+	bus_close(&x);
+}
+
+/* Nesting 100k deep: refused quickly, without recursion. */
+TEST(deep_nesting)
+{
+	struct bus x;
+	size_t depth = 100000;
+	char *buf = malloc(2 * depth + 128);
+	int fd, n;
+
+	REQUIRE(buf);
+	REQUIRE(bus_open(&x, NULL) == 0);
+	fd = raw_connect(sock());
+	REQUIRE(fd >= 0);
+	n = snprintf(buf, 128,
+		     "{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
+		     "{\"type\":\"deep\",\"data\":");
+	memset(buf + n, '[', depth);
+	memset(buf + n + depth, ']', depth);
+	memcpy(buf + n + 2 * depth, "}}\n", 3);
+	CHECK_EQ_INT(raw_send(fd, buf, (size_t)n + 2 * depth + 3), 0);
+	still_works(x.b, &x.cc, "after-deep");
+	CHECK(!col_has(&x.cc, "deep"));
+	CHECK_EQ_INT(usps_remote_client_count(x.b), 2);
+	close(fd);
+	bus_close(&x);
+	free(buf);
+}
+
+/* A frame of limit + 1 bytes closes that peer only (64 MiB default). */
+TEST(frame_over_default_limit)
+{
+	struct bus x;
+	size_t n = (64u << 20) + 1;
+	char *buf = malloc(n + 1);
+	int fd;
+
+	REQUIRE(buf);
+	REQUIRE(bus_open(&x, NULL) == 0);
+	fd = raw_connect(sock());
+	REQUIRE(fd >= 0);
+	memset(buf, ' ', n);
+	buf[n] = '\n';
+	CHECK_EQ_INT(raw_send(fd, buf, n + 1), 0);
+	CHECK_EQ_INT(raw_wait_closed(fd, 10000), 1);
+	still_works(x.b, &x.cc, "after-big");
+	close(fd);
+	bus_close(&x);
+	free(buf);
+}
+
+/* 100k memberships from one peer: acknowledged, recorded up to the cap,
+ * and the broker's routing stays correct and prompt. */
+TEST(many_memberships)
+{
+	usps_options o;
+	struct bus x;
+	struct raw_reader rr = { 0 };
+	char line[256];
+	char *buf = malloc(64 * 1000 + 16);
+	int fd, acks = 0;
+
+	REQUIRE(buf);
+	usps_options_init(&o);
+	o.max_memberships_per_client = 50000;
+	REQUIRE(bus_open(&x, &o) == 0);
+	fd = raw_connect(sock());
+	REQUIRE(fd >= 0);
+	for (int batch = 0; batch < 100; batch++) {
+		size_t len = 0;
+
+		for (int i = 0; i < 1000; i++)
+			len += (size_t)snprintf(
+				buf + len, 64,
+				"{\"type\":\"subscribe\",\"topic\":\"m%d\"}\n",
+				batch * 1000 + i);
+		CHECK_EQ_INT(raw_send(fd, buf, len), 0);
+		/* Read the acks as they come, as a client must. */
+		while (acks < (batch + 1) * 1000 &&
+		       raw_line(fd, &rr, line, sizeof(line), 5000) == 1)
+			acks++;
+	}
+	CHECK_EQ_INT(acks, 100000);
+	still_works(x.b, &x.cc, "after-memberships");
+	/* Within the cap, a membership works; past it, it was not kept. */
+	CHECK_EQ_INT(usps_publish(x.b, "m10", "in-cap", "{}", 2, 0), 0);
+	CHECK_EQ_INT(usps_publish(x.b, "m99999", "over-cap", "{}", 2, 0), 0);
+	CHECK_EQ_INT(usps_flush(x.b, 5000), 0);
+	bool in = false, over = false;
+
+	CHECK_EQ_INT(raw_sends(fd,
+			       "{\"type\":\"subscribe\",\"topic\":\"end\"}\n"),
+		     0);
+	while (raw_line(fd, &rr, line, sizeof(line), 3000) == 1) {
+		in |= strstr(line, "in-cap") != NULL;
+		over |= strstr(line, "over-cap") != NULL;
+		if (strstr(line, "\"subscribed\",\"topic\":\"end\""))
+			break;
+	}
+	CHECK(in);
+	CHECK(!over);
+	close(fd);
+	/* The peer's memberships go with it. */
+	CHECK(wait_clients(x.b, 1, 5000));
+	still_works(x.b, &x.cc, "after-close");
+	bus_close(&x);
+	free(buf);
+}
+
+/* Connections over max_clients are closed at once; the others stay. */
+TEST(too_many_connections)
+{
+	usps_options o;
+	struct bus x;
+	int fds[2000], n = 0;
+	struct rlimit rl;
+
+	(void)getrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < 4200 && rl.rlim_max >= 4200) {
+		rl.rlim_cur = 4200;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	usps_options_init(&o);
+	o.max_clients = 100;
+	REQUIRE(bus_open(&x, &o) == 0);
+	for (int i = 0; i < 2000; i++) {
+		fds[i] = raw_connect(sock());
+		if (fds[i] >= 0)
+			n++;
+	}
+	CHECK(n > 100);
+	CHECK(wait_clients(x.b, 100, 5000));
+	CHECK_EQ_INT(usps_remote_client_count(x.b), 100);
+	still_works(x.b, &x.cc, "after-flood");
+	for (int i = 0; i < 2000; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	CHECK(wait_clients(x.b, 1, 5000));
+	/* A newcomer is served again. */
+	usps *late = NULL;
+	struct col cl;
+	usps_sub *s;
+
+	col_init(&cl);
+	REQUIRE(usps_open(&late, sock(), &o) == 0);
+	CHECK_EQ_INT(usps_subscribe(late, "t", NULL, col_handler, &cl, &s), 0);
+	still_works(x.b, &cl, "late");
+	usps_close(late);
+	col_free(&cl);
+	bus_close(&x);
+}
+
+/* Child: on "go", a real client that subscribes and reports "ready"; it
+ * reports "got TYPE N" when the event "load-end" or "after-stop" arrives.
+ * Then it waits for a line (or EOF) and leaves. */
+struct counting {
+	pthread_mutex_t mu;
+	int n;
+	int out_fd;
+};
+
+static void count_handler(const usps_event *ev, usps_delivery *d, void *ud)
+{
+	struct counting *c = ud;
+
+	(void)d;
+	pthread_mutex_lock(&c->mu);
+	c->n++;
+	if (!strcmp(ev->type, "load-end") || !strcmp(ev->type, "after-stop"))
+		harness_say(c->out_fd, "got %s %d", ev->type, c->n);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static int client_child(void *arg, int in_fd, int out_fd)
+{
+	struct counting c = { PTHREAD_MUTEX_INITIALIZER, 0, out_fd };
+	usps *ps = NULL;
+	usps_sub *s;
+	char line[64], buf[256];
+	size_t len = 0;
+
+	(void)arg;
+	if (harness_read_line(in_fd, buf, &len, sizeof(buf), line, sizeof(line),
+			      20000) != 1)
+		return 1;
+	if (usps_open(&ps, sock(), NULL) < 0 ||
+	    usps_subscribe(ps, "t", NULL, count_handler, &c, &s) < 0) {
+		harness_say(out_fd, "error");
+		return 1;
+	}
+	harness_say(out_fd, "ready");
+	(void)harness_read_line(in_fd, buf, &len, sizeof(buf), line,
+				sizeof(line), 60000);
+	usps_close(ps);
+	return 0;
+}
+
+static long rss_kib(void)
+{
+	char buf[4096];
+	FILE *f = fopen("/proc/self/status", "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(buf, sizeof(buf), f))
+		if (sscanf(buf, "VmRSS: %ld kB", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/* A subscriber stopped with SIGSTOP is dropped at the cap; the broker's
+ * memory stays bounded and a healthy subscriber gets everything. This
+ * process is the broker alone, so its RSS is the broker's. */
+TEST(sigstopped_subscriber)
+{
+	struct harness_child stopped, healthy;
+	usps_options o;
+	usps *b = NULL;
+	char line[64];
+	char *data = malloc(64 * 1024 + 2);
+	long rss0, rss1;
+	int got = 0;
+
+	REQUIRE(data);
+	/* Forked before this process starts any thread. */
+	REQUIRE(harness_spawn(&stopped, client_child, NULL) == 0);
+	if (harness_spawn(&healthy, client_child, NULL) < 0) {
+		(void)harness_child_finish(&stopped, 5000);
+		REQUIRE(false);
+	}
+	usps_options_init(&o);
+	o.max_client_queued_bytes = 8u << 20;
+	o.max_outbox_bytes = 4u << 20;
+	if (usps_open(&b, sock(), &o) < 0)
+		goto out;
+	CHECK(usps_is_broker(b));
+	harness_tell(&stopped, "go");
+	harness_tell(&healthy, "go");
+	CHECK_EQ_INT(harness_child_expect(&stopped, "ready", line, sizeof(line),
+					  10000),
+		     1);
+	CHECK_EQ_INT(harness_child_expect(&healthy, "ready", line, sizeof(line),
+					  10000),
+		     1);
+	CHECK(wait_clients(b, 2, 5000));
+	CHECK_EQ_INT(kill(stopped.pid, SIGSTOP), 0);
+	data[0] = '"';
+	memset(data + 1, 'z', 64 * 1024 - 2);
+	data[64 * 1024 - 1] = '"';
+	rss0 = rss_kib();
+	/* 64 MiB through the bus: 8 times the stopped client's cap. */
+	for (int i = 0; i < 1024; i++)
+		CHECK_EQ_INT(usps_publish(b, "t", "load", data, 64 * 1024, 0),
+			     0);
+	CHECK_EQ_INT(usps_publish(b, "t", "load-end", "{}", 2, 0), 0);
+	CHECK_EQ_INT(harness_child_expect(&healthy, "got load-end", line,
+					  sizeof(line), 30000),
+		     1);
+	CHECK(sscanf(line, "got load-end %d", &got) == 1 && got == 1025);
+	CHECK(wait_clients(b, 1, 10000));
+	rss1 = rss_kib();
+	printf("info broker rss before %ld KiB, after %ld KiB\n", rss0, rss1);
+	/* Bounded by the cap and the outbox, not by the traffic. */
+	CHECK(UNDER_SANITIZER || rss1 - rss0 < 32 * 1024);
+	CHECK_EQ_INT(usps_publish(b, "t", "after-stop", "{}", 2, 0), 0);
+	CHECK_EQ_INT(harness_child_expect(&healthy, "got after-stop", line,
+					  sizeof(line), 5000),
+		     1);
+out:
+	(void)kill(stopped.pid, SIGCONT);
+	CHECK(harness_exited_ok(harness_child_finish(&healthy, 10000)));
+	CHECK(harness_exited_ok(harness_child_finish(&stopped, 10000)));
+	usps_close(b);
+	free(data);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	RUN(garbage_lines);
+	RUN(deep_nesting);
+	RUN(frame_over_default_limit);
+	RUN(many_memberships);
+	RUN(too_many_connections);
+	RUN(sigstopped_subscriber);
+	return harness_end();
+}
