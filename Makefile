@@ -9,6 +9,8 @@
 #   make test           build and run every test (preset dev)
 #   make test-asan      the same under AddressSanitizer + UBSan (clang)
 #   make test-tsan      the same under ThreadSanitizer (clang)
+#   make test-valgrind  every C test under valgrind memcheck
+#   make fuzz           each libFuzzer target for FUZZ_SECONDS (30)
 #   make coverage       run the tests with llvm-cov instrumentation, report
 #   make demo           build and run scripts/demo.sh
 #   make bench          release build, then bench/run.sh
@@ -37,8 +39,8 @@ FORMAT_FILES := $(wildcard include/*.h src/*.c src/*.h tools/*.c tools/*.h \
 	tests/*.c tests/*.h tests/*.cpp bench/*.c bench/*.h fuzz/*.c fuzz/*.h \
 	examples/*.c examples/*.h)
 
-.PHONY: all build deps test test-asan test-tsan coverage demo bench install \
-	format check-format tidy cppcheck clean help
+.PHONY: all build deps test test-asan test-tsan test-valgrind fuzz coverage \
+	demo bench install format check-format tidy cppcheck clean help
 
 all: build
 
@@ -65,6 +67,20 @@ test-tsan: deps
 	$(call CONFIGURE,tsan)
 	$(call BUILD,tsan)
 	$(SETARCH_NO_ASLR) ctest --preset tsan $(CTEST_ARGS)
+
+# Every C test under valgrind's memcheck (errors and definite leaks fail).
+test-valgrind: deps
+	@$(DEPS) valgrind
+	$(call CONFIGURE,dev)
+	$(call BUILD,dev)
+	bash scripts/valgrind.sh build/dev
+
+# Each libFuzzer target for FUZZ_SECONDS on a copy of its corpus.
+FUZZ_SECONDS ?= 30
+fuzz: deps
+	$(call CONFIGURE,fuzz)
+	$(call BUILD,fuzz)
+	bash scripts/fuzz.sh build/fuzz $(FUZZ_SECONDS)
 
 coverage: deps
 	$(call CONFIGURE,coverage)
