@@ -220,12 +220,26 @@ static int elect_take(usps *ps)
 	return 0;
 }
 
+static atomic_uint refuse_connects;
+
+void usps__fault_refuse_connects(unsigned n)
+{
+	atomic_store(&refuse_connects, n);
+}
+
 /* Connect to P. The fd, or -errno. */
 static int try_connect(usps *ps)
 {
 	struct sockaddr_un sa;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	unsigned left = atomic_load(&refuse_connects);
+	int fd;
 
+	while (left &&
+	       !atomic_compare_exchange_weak(&refuse_connects, &left, left - 1))
+		;
+	if (left)
+		return -ECONNREFUSED; /* injected by a test */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	sockaddr_of(ps, &sa);
@@ -309,6 +323,59 @@ static int become_broker(usps *ps, int fd)
 	return r;
 }
 
+/*
+ * Does the kernel know a listening socket bound at exactly our path? A
+ * second opinion, independent of connect(), before a socket file that
+ * refused us is replaced: a dead broker's socket is not listed, a live
+ * one is (a Node broker holds no lock we could see). Unknown (no procfs,
+ * unreadable) counts as no.
+ */
+static bool path_has_listener(const usps *ps)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/net/unix", "re");
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long flags;
+		int path_at = 0;
+		size_t n;
+
+		/* Num RefCount Protocol Flags Type St Inode Path */
+		if (sscanf(line, "%*s %*s %*s %lx %*s %*s %*s %n", &flags,
+			   &path_at) != 1 ||
+		    !path_at || !(flags & 0x10000 /* __SO_ACCEPTCON */))
+			continue;
+		n = strcspn(line + path_at, "\n");
+		found = n == ps->path_len &&
+			!memcmp(line + path_at, ps->path, n);
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * Defer to a listener the kernel lists at our path, for at most
+ * LISTED_MAX_MS in a row: a listener can also be an orphan whose file was
+ * replaced by one that since died, and must not stall elections forever.
+ */
+#define LISTED_MAX_MS 1000
+
+static bool listener_blocks(usps *ps)
+{
+	int64_t now = usps__now_ms();
+
+	if (!path_has_listener(ps)) {
+		ps->listed_since_ms = 0;
+		return false;
+	}
+	if (!ps->listed_since_ms)
+		ps->listed_since_ms = now;
+	return now - ps->listed_since_ms < LISTED_MAX_MS;
+}
+
 /* Holding P.lock: take P.elect, make sure nobody listens, replace P. */
 static int elect(usps *ps)
 {
@@ -337,9 +404,10 @@ static int elect(usps *ps)
 			goto out;
 		}
 		if (S_ISSOCK(st.st_mode) &&
-		    usps__wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000 +
-				       st.st_mtim.tv_nsec / 1000000) <
-			    FRESH_SOCKET_MS) {
+		    (usps__wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000 +
+					st.st_mtim.tv_nsec / 1000000) <
+			     FRESH_SOCKET_MS ||
+		     listener_blocks(ps))) {
 			r = 0;
 			goto out;
 		}

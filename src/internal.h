@@ -253,6 +253,12 @@ int usps__election_step(usps *ps);
 void usps__election_watch(usps *ps);
 /* As broker: give the role up (close listener, unlink our path, unlock). */
 void usps__election_resign(usps *ps, bool unlink_path);
+/*
+ * Fault injection for tests only: the next @n connects to any bus path in
+ * this process fail with ECONNREFUSED, as if nobody listened (Mastra's
+ * split-brain tests patch net.createConnection the same way).
+ */
+void usps__fault_refuse_connects(unsigned n);
 void usps__election_cleanup(usps *ps);
 
 /* ---- engine (engine.c) ---- */
@@ -313,8 +319,9 @@ struct usps {
 	unsigned join_backoff_ms;
 	int64_t broker_since_ms;
 	pid_t broker_pid;
-	int64_t conn_since_ms; /* when the current connection began */
-	int refused;	       /* -EPERM once a broker refused our uid */
+	int64_t conn_since_ms;	 /* when the current connection began */
+	int64_t listed_since_ms; /* see election.c, listener_blocks() */
+	int refused;		 /* -EPERM once a broker refused our uid */
 
 	/* broker */
 	struct peer self;
