@@ -44,10 +44,6 @@
 #define ELECT_STALE_MS 2000
 #define BACKOFF_MAX_MS 32
 #define WATCH_INTERVAL_MS 1000
-/* A socket file younger than this that refuses connections may be a Node
- * broker between its bind() and listen() (libuv binds, then listens):
- * give it time rather than replace it. */
-#define FRESH_SOCKET_MS 50
 
 static void sockaddr_of(const usps *ps, struct sockaddr_un *sa)
 {
@@ -324,13 +320,14 @@ static int become_broker(usps *ps, int fd)
 }
 
 /*
- * Does the kernel know a listening socket bound at exactly our path? A
- * second opinion, independent of connect(), before a socket file that
- * refused us is replaced: a dead broker's socket is not listed, a live
- * one is (a Node broker holds no lock we could see). Unknown (no procfs,
+ * Does the kernel know a live socket bound at exactly our path? A second
+ * opinion, independent of connect(), before a socket file that refused us
+ * is replaced: a dead broker's socket is not listed; a live one is, even
+ * between its bind() and listen() (libuv binds, then listens) and even if
+ * it holds no lock we could see (a Node broker). Unknown (no procfs,
  * unreadable) counts as no.
  */
-static bool path_has_listener(const usps *ps)
+static bool path_is_bound(const usps *ps)
 {
 	char line[512];
 	bool found = false;
@@ -346,7 +343,7 @@ static bool path_has_listener(const usps *ps)
 		/* Num RefCount Protocol Flags Type St Inode Path */
 		if (sscanf(line, "%*s %*s %*s %lx %*s %*s %*s %n", &flags,
 			   &path_at) != 1 ||
-		    !path_at || !(flags & 0x10000 /* __SO_ACCEPTCON */))
+		    !path_at)
 			continue;
 		n = strcspn(line + path_at, "\n");
 		found = n == ps->path_len &&
@@ -367,7 +364,7 @@ static bool listener_blocks(usps *ps)
 {
 	int64_t now = usps__now_ms();
 
-	if (!path_has_listener(ps)) {
+	if (!path_is_bound(ps)) {
 		ps->listed_since_ms = 0;
 		return false;
 	}
@@ -403,11 +400,7 @@ static int elect(usps *ps)
 			r = -EEXIST;
 			goto out;
 		}
-		if (S_ISSOCK(st.st_mode) &&
-		    (usps__wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000 +
-					st.st_mtim.tv_nsec / 1000000) <
-			     FRESH_SOCKET_MS ||
-		     listener_blocks(ps))) {
+		if (S_ISSOCK(st.st_mode) && listener_blocks(ps)) {
 			r = 0;
 			goto out;
 		}
