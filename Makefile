@@ -10,7 +10,7 @@
 #   make test-asan      the same under AddressSanitizer + UBSan (clang)
 #   make test-tsan      the same under ThreadSanitizer (clang)
 #   make test-valgrind  every C test under valgrind memcheck
-#   make fuzz           each libFuzzer target for FUZZ_SECONDS (30)
+#   make fuzz           each libFuzzer target for FUZZ_SECONDS (20)
 #   make coverage       run the tests with llvm-cov instrumentation, report
 #   make demo           build and run scripts/demo.sh
 #   make bench          release build, then bench/run.sh
@@ -76,7 +76,7 @@ test-valgrind: deps
 	bash scripts/valgrind.sh build/dev
 
 # Each libFuzzer target for FUZZ_SECONDS on a copy of its corpus.
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 20
 fuzz: deps
 	$(call CONFIGURE,fuzz)
 	$(call BUILD,fuzz)

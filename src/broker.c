@@ -752,12 +752,44 @@ void usps__broker_tick(usps *ps)
 			peer_lines(ps, ps->peers[i]);
 }
 
+struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid)
+{
+	struct peer *p;
+
+	if (ps->npeers == ps->cappeers) {
+		size_t nc = ps->cappeers ? ps->cappeers * 2 : 8;
+		struct peer **a = realloc(ps->peers, nc * sizeof(*a));
+
+		if (!a)
+			return NULL;
+		ps->peers = a;
+		ps->cappeers = nc;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->ioh.kind = IOH_PEER;
+	p->id = ++ps->next_peer_id;
+	p->fd = fd;
+	p->pid = pid;
+	p->uid = uid;
+	usps__reader_init(&p->rd, ps->opt.max_inbound_frame_bytes);
+	usps__wq_init(&p->wq);
+	if (usps__engine_watch_fd(ps, fd, &p->ioh,
+				  ps->intake_paused ? 0 : EPOLLIN, false) < 0) {
+		p->fd = -1; /* the caller still owns it */
+		peer_free(p);
+		return NULL;
+	}
+	ps->peers[ps->npeers++] = p;
+	return p;
+}
+
 int usps__broker_accept(usps *ps, int lfd)
 {
 	for (;;) {
 		struct ucred cred;
 		socklen_t len = sizeof(cred);
-		struct peer *p;
 		int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 		if (fd < 0) {
@@ -783,34 +815,7 @@ int usps__broker_accept(usps *ps, int lfd)
 			close(fd);
 			continue;
 		}
-		if (ps->npeers == ps->cappeers) {
-			size_t nc = ps->cappeers ? ps->cappeers * 2 : 8;
-			struct peer **a = realloc(ps->peers, nc * sizeof(*a));
-
-			if (!a) {
-				close(fd);
-				continue;
-			}
-			ps->peers = a;
-			ps->cappeers = nc;
-		}
-		p = calloc(1, sizeof(*p));
-		if (!p) {
+		if (!usps__broker_add_peer(ps, fd, cred.pid, cred.uid))
 			close(fd);
-			continue;
-		}
-		p->ioh.kind = IOH_PEER;
-		p->id = ++ps->next_peer_id;
-		p->fd = fd;
-		p->pid = cred.pid;
-		p->uid = cred.uid;
-		usps__reader_init(&p->rd, ps->opt.max_inbound_frame_bytes);
-		usps__wq_init(&p->wq);
-		if (usps__engine_watch_fd(ps, fd, &p->ioh, EPOLLIN, false) <
-		    0) {
-			peer_free(p);
-			continue;
-		}
-		ps->peers[ps->npeers++] = p;
 	}
 }

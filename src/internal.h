@@ -196,6 +196,9 @@ struct peer {
 };
 
 int usps__broker_accept(usps *ps, int lfd);
+/* Take the connected socket @fd as a client (accept, fuzzing). NULL on
+ * ENOMEM or a failed epoll registration (@fd is left open then). */
+struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid);
 void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events);
 /*
  * Route one publish frame (line parsed as @f) from @from (ps->self for the
