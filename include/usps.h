@@ -119,9 +119,13 @@ typedef struct usps_options {
 	 * subscribes beyond it are acknowledged but not recorded (Mastra's
 	 * clients cannot be told otherwise). Default 65536; range 1 .. 16M. */
 	uint32_t max_memberships_per_client;
-	/* Extra uid accepted for peers besides our own (-1: none). Default -1.
-	 * Root (uid 0) peers are always accepted. */
+	/* Peers are processes of our own uid, or root's. Also accept this
+	 * uid (-1: none). Default -1. Checked both ways with SO_PEERCRED: a
+	 * broker admits, and a client joins, only such a peer. */
 	int64_t allow_uid;
+	/* Also accept peers whose (primary) gid is this (-1: none). Default
+	 * -1. */
+	int64_t allow_gid;
 } usps_options;
 
 /* Flags for usps_publish() and usps_publish_ex(). */
@@ -201,7 +205,7 @@ USPS_API int usps_close(usps *ps);
  * valid UTF-8), -ENOMEM, -EMSGSIZE (names longer than a frame may be),
  * -ETIMEDOUT (no broker reachable within membership_ack_timeout_ms),
  * -EPERM (the broker refused our uid: it runs as another user, see
- * usps_options.allow_uid), -ESHUTDOWN (@ps is closing).
+ * usps_options.allow_uid and allow_gid), -ESHUTDOWN (@ps is closing).
  * Thread-safe; may be called from a handler.
  */
 USPS_API int usps_subscribe(usps *ps, const char *topic, const char *group,

@@ -802,9 +802,7 @@ int usps__broker_accept(usps *ps, int lfd)
 			close(fd);
 			continue;
 		}
-		if (cred.uid != ps->uid && cred.uid != 0 &&
-		    (ps->opt.allow_uid < 0 ||
-		     cred.uid != (uid_t)ps->opt.allow_uid)) {
+		if (!usps__peer_allowed(ps, cred.uid, cred.gid)) {
 			/* Say why before closing, so that a usps client stops
 			 * retrying; best effort, never blocking. */
 			static const char refused[] =

@@ -264,8 +264,7 @@ static int join_client(usps *ps, int fd)
 		return -e;
 	}
 	/* Never hand our events to a broker run by another user. */
-	if (cred.uid != ps->uid && cred.uid != 0 &&
-	    (ps->opt.allow_uid < 0 || cred.uid != (uid_t)ps->opt.allow_uid)) {
+	if (!usps__peer_allowed(ps, cred.uid, cred.gid)) {
 		close(fd);
 		return -EPERM;
 	}

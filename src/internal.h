@@ -68,6 +68,10 @@ void usps__hmap_free(struct hmap *m);
 int64_t usps__now_ms(void);  /* CLOCK_MONOTONIC */
 int64_t usps__wall_ms(void); /* CLOCK_REALTIME */
 
+/* May a peer with these credentials share our bus (our uid, root, or an
+ * allowed uid or gid)? */
+bool usps__peer_allowed(const usps *ps, uid_t uid, gid_t gid);
+
 /* ---- registry (registry.c): local subscriptions ---- */
 
 struct key;

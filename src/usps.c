@@ -22,6 +22,13 @@
 /* The broker's stamping adds at most this to a frame. */
 #define STAMP_OVERHEAD 192
 
+bool usps__peer_allowed(const usps *ps, uid_t uid, gid_t gid)
+{
+	return uid == ps->uid || uid == 0 ||
+	       (ps->opt.allow_uid >= 0 && uid == (uid_t)ps->opt.allow_uid) ||
+	       (ps->opt.allow_gid >= 0 && gid == (gid_t)ps->opt.allow_gid);
+}
+
 const char *usps_version(void)
 {
 	return USPS_VERSION_STRING;
@@ -40,6 +47,7 @@ void usps_options_init(usps_options *opt)
 		.max_clients = 1024,
 		.max_memberships_per_client = 65536,
 		.allow_uid = -1,
+		.allow_gid = -1,
 	};
 }
 
@@ -64,6 +72,8 @@ static int check_options(const usps_options *o)
 	    o->max_memberships_per_client > (16u << 20))
 		return -EINVAL;
 	if (o->allow_uid < -1 || o->allow_uid > (int64_t)UINT32_MAX - 1)
+		return -EINVAL;
+	if (o->allow_gid < -1 || o->allow_gid > (int64_t)UINT32_MAX - 1)
 		return -EINVAL;
 	return 0;
 }

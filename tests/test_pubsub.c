@@ -481,6 +481,9 @@ TEST(options_and_arguments)
 	usps_options_init(&o);
 	o.max_client_queued_bytes = 1ull << 60;
 	CHECK_EQ_INT(usps_open(&b, sock(), &o), -EINVAL);
+	usps_options_init(&o);
+	o.allow_gid = -2;
+	CHECK_EQ_INT(usps_open(&b, sock(), &o), -EINVAL);
 	CHECK_EQ_INT(usps_open(NULL, sock(), NULL), -EINVAL);
 	CHECK_EQ_INT(usps_open(&b, NULL, NULL), -EINVAL);
 	CHECK_EQ_INT(usps_open(&b, "", NULL), -EINVAL);

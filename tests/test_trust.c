@@ -96,7 +96,8 @@ static int other_client(void *arg, int in_fd, int out_fd)
 	return 0;
 }
 
-/* A client refuses a broker run by another user; allow_uid admits it. */
+/* A client refuses a broker run by another user; allow_uid or allow_gid
+ * admits it. */
 TEST(client_refuses_other_users_broker)
 {
 	struct harness_child c;
@@ -117,6 +118,13 @@ TEST(client_refuses_other_users_broker)
 	CHECK(harness_now_ms() - t0 < 2000); /* refused, not timed out */
 	CHECK(me == NULL);
 	o.allow_uid = OTHER_UID;
+	CHECK_EQ_INT(usps_open(&me, sock(), &o), 0);
+	CHECK(me && !usps_is_broker(me));
+	usps_close(me);
+	me = NULL;
+	/* ... and so does allow_gid, by the broker's group. */
+	o.allow_uid = -1;
+	o.allow_gid = OTHER_GID;
 	CHECK_EQ_INT(usps_open(&me, sock(), &o), 0);
 	CHECK(me && !usps_is_broker(me));
 	usps_close(me);
