@@ -165,6 +165,52 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid)
 	return 0;
 }
 
+/*
+ * The connection died with bytes not yet written: those publish frames
+ * never reached anyone, so they go back to the front of the outbox for the
+ * next broker. The frame a partial write cut is dropped (the dead broker
+ * may have had part of it), and membership frames too (reconnecting
+ * announces every membership again).
+ */
+static void requeue_unsent(usps *ps)
+{
+	static const char pub[] = "{\"type\":\"publish\"";
+	struct usps__buf keep = { 0 };
+	const char *p = ps->conn_out.p;
+	size_t off = ps->conn_off, len = ps->conn_out.len;
+
+	if (off > 0 && off < len && p[off - 1] != '\n') {
+		const char *nl = memchr(p + off, '\n', len - off);
+
+		off = nl ? (size_t)(nl - p) + 1 : len;
+	}
+	while (off < len) {
+		const char *nl = memchr(p + off, '\n', len - off);
+		size_t n = nl ? (size_t)(nl - p) + 1 - off : len - off;
+
+		if (nl && n > sizeof(pub) - 1 &&
+		    !memcmp(p + off, pub, sizeof(pub) - 1) &&
+		    usps__buf_put(&keep, p + off, n) < 0)
+			break; /* out of memory: the rest is lost */
+		off += n;
+	}
+	if (!keep.len)
+		return;
+	pthread_mutex_lock(&ps->out_lock);
+	if (usps__buf_put(&keep, ps->outbox.p, ps->outbox.len) == 0) {
+		struct usps__buf t = ps->outbox;
+
+		ps->outbox = keep;
+		keep = t;
+		/* Taken back: not done, to be taken again. */
+		ps->out_taken -= ps->outbox.len - keep.len;
+		ps->conn_out_end = ps->out_taken;
+		pthread_cond_broadcast(&ps->out_cond);
+	}
+	pthread_mutex_unlock(&ps->out_lock);
+	usps__buf_free(&keep);
+}
+
 void usps__client_lost(usps *ps)
 {
 	if (ps->role != ROLE_CLIENT)
@@ -172,7 +218,9 @@ void usps__client_lost(usps *ps)
 	close(ps->connfd); /* also leaves the epoll set */
 	ps->connfd = -1;
 	usps__reader_free(&ps->conn_rd);
-	/* Publishes written to a dead broker are lost (at-most-once). */
+	/* What was written to a dead broker is lost (at most once); what
+	 * was not is sent to the next one. */
+	requeue_unsent(ps);
 	conn_emptied(ps);
 	ps->broker_pid = 0;
 	/* A broker that drops us at once (it refuses us, or is dying) is not
