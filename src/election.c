@@ -348,7 +348,7 @@ static bool path_is_bound(const usps *ps)
 		found = n == ps->path_len &&
 			!memcmp(line + path_at, ps->path, n);
 	}
-	fclose(f);
+	(void)fclose(f);
 	return found;
 }
 
