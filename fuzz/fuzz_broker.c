@@ -52,25 +52,7 @@ static void broker_free(usps *ps)
 	usps__broker_reset(ps);
 	usps__dl_commit(ps);
 	usps__dl_stop(ps); /* no thread: frees what was queued */
-	for (size_t b = 0; b < ps->keys.nb; b++) {
-		struct hnode *n = ps->keys.b[b];
-
-		while (n) {
-			struct key *k = (struct key *)n;
-
-			n = n->next;
-			while (k->subs) {
-				struct usps_sub *s = k->subs;
-
-				k->subs = s->next;
-				usps__sub_unref(s);
-			}
-			free(k->topic);
-			free(k->group);
-			free(k);
-		}
-	}
-	usps__hmap_free(&ps->keys);
+	usps__registry_free(ps);
 	usps__hmap_free(&ps->topics);
 	usps__buf_free(&ps->scratch);
 	pthread_mutex_destroy(&ps->dq_lock);

@@ -116,6 +116,8 @@ struct key *usps__key_get(usps *ps, const char *topic, size_t tlen,
 /* Free @k if it has no subscriptions and no waiters. */
 void usps__key_release(usps *ps, struct key *k);
 void usps__sub_unref(struct usps_sub *s);
+/* Free every key and the subscriptions they hold (closing). */
+void usps__registry_free(usps *ps);
 
 /*
  * usps__deliver_line() - hand an event frame (a line we hold in @line, with

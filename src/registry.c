@@ -93,6 +93,29 @@ void usps__key_release(usps *ps, struct key *k)
 	free(k);
 }
 
+void usps__registry_free(usps *ps)
+{
+	for (size_t b = 0; b < ps->keys.nb; b++) {
+		struct hnode *n = ps->keys.b[b];
+
+		while (n) {
+			struct key *k = (struct key *)n;
+
+			n = n->next;
+			while (k->subs) {
+				struct usps_sub *s = k->subs;
+
+				k->subs = s->next;
+				usps__sub_unref(s);
+			}
+			free(k->topic);
+			free(k->group);
+			free(k);
+		}
+	}
+	usps__hmap_free(&ps->keys);
+}
+
 void usps__sub_unref(struct usps_sub *s)
 {
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1)

@@ -119,25 +119,7 @@ static char *concat(const char *a, const char *b)
 static void free_handle(usps *ps)
 {
 	/* Every subscription left is owned by the registry alone now. */
-	for (size_t b = 0; b < ps->keys.nb; b++) {
-		struct hnode *n = ps->keys.b[b];
-
-		while (n) {
-			struct key *k = (struct key *)n;
-
-			n = n->next;
-			while (k->subs) {
-				struct usps_sub *s = k->subs;
-
-				k->subs = s->next;
-				usps__sub_unref(s);
-			}
-			free(k->topic);
-			free(k->group);
-			free(k);
-		}
-	}
-	usps__hmap_free(&ps->keys);
+	usps__registry_free(ps);
 	usps__hmap_free(&ps->topics);
 	usps__buf_free(&ps->outbox);
 	usps__buf_free(&ps->route);

@@ -432,6 +432,21 @@ static const struct name event_keys[] = {
 };
 /* clang-format on */
 
+/* The member of @f that event_keys[i - 1] names. */
+static struct usps__span *event_field(struct usps__event_fields *f, int i)
+{
+	static const size_t off[] = {
+		offsetof(struct usps__event_fields, type),
+		offsetof(struct usps__event_fields, id),
+		offsetof(struct usps__event_fields, run_id),
+		offsetof(struct usps__event_fields, data),
+		offsetof(struct usps__event_fields, created_at),
+		offsetof(struct usps__event_fields, delivery_attempt),
+	};
+
+	return (struct usps__span *)((char *)f + off[i - 1]);
+}
+
 static inline int frame_key(const uint8_t *q, size_t n, bool esc)
 {
 	if (esc)
@@ -1109,14 +1124,8 @@ int usps__wire_parse(const char *line, size_t n, struct usps__frame *f)
 		return -EPROTO;
 	f->ev_known = usps__json_kind(top[K_EVENT]) == USPS__J_OBJECT;
 	if (f->ev_known)
-		f->ev = (struct usps__event_fields){
-			.type = ev[1],
-			.id = ev[2],
-			.run_id = ev[3],
-			.data = ev[4],
-			.created_at = ev[5],
-			.delivery_attempt = ev[6],
-		};
+		for (int i = 1; i <= 6; i++)
+			*event_field(&f->ev, i) = ev[i];
 	f->type = frame_type(top[K_TYPE]);
 	f->topic = top[K_TOPIC];
 	f->group = top[K_GROUP];
@@ -1135,28 +1144,10 @@ int usps__wire_event_fields(struct usps__span ev, struct usps__event_fields *f)
 	if (walk_init(&w, ev) < 0 || !w.obj)
 		return -EINVAL;
 	while (walk_next(&w, &k, &v)) {
-		switch (key_lookup(k, event_keys, 6)) {
-		case 1:
-			f->type = v;
-			break;
-		case 2:
-			f->id = v;
-			break;
-		case 3:
-			f->run_id = v;
-			break;
-		case 4:
-			f->data = v;
-			break;
-		case 5:
-			f->created_at = v;
-			break;
-		case 6:
-			f->delivery_attempt = v;
-			break;
-		default:
-			break;
-		}
+		int i = key_lookup(k, event_keys, 6);
+
+		if (i)
+			*event_field(f, i) = v;
 	}
 	return 0;
 }
