@@ -165,6 +165,9 @@ USPS_API void usps_options_init(usps_options *opt);
  * -ENOMEM, -EMFILE/-ENFILE (out of file descriptors),
  * -EACCES/-EPERM/-ENOTDIR/-EROFS (the directory cannot be used),
  * -ETIMEDOUT (neither broker nor client within open_timeout_ms),
+ * -EPERM (the broker refused our uid, or runs as another user; see
+ * allow_uid and allow_gid; it may also refuse us just after usps_open()
+ * returned, and usps_subscribe() then says so),
  * -EAGAIN (threads could not be started).
  * Any thread.
  */

@@ -257,12 +257,14 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	struct timespec dl = deadline_in(o.open_timeout_ms);
 
 	pthread_mutex_lock(&ps->lock);
-	while (ps->role == ROLE_JOINING && !ps->open_error) {
+	while (ps->role == ROLE_JOINING && !ps->open_error && !ps->refused) {
 		if (pthread_cond_timedwait(&ps->cond, &ps->lock, &dl) ==
 		    ETIMEDOUT)
 			break;
 	}
+	/* A broker that refused us may have dropped us before we looked. */
 	r = ps->role != ROLE_JOINING ? 0
+	    : ps->refused	     ? ps->refused
 	    : ps->open_error	     ? ps->open_error
 				     : -ETIMEDOUT;
 	pthread_mutex_unlock(&ps->lock);
