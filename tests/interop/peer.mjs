@@ -39,7 +39,17 @@ function fatal(kind, e) {
   process.exit(1);
 }
 process.on('uncaughtException', (e) => fatal('uncaughtException', e));
-process.on('unhandledRejection', (e) => fatal('unhandledRejection', e));
+// Mastra 1.71.0 leaves the write promise of a frame unhandled when its
+// broker connection dies under it (EPIPE/ECONNRESET); an application with a
+// rejection handler survives that and recovers, so the peer does too, and
+// says so. Any other unhandled rejection stays fatal.
+process.on('unhandledRejection', (e) => {
+  if (e && (e.code === 'EPIPE' || e.code === 'ECONNRESET')) {
+    process.stderr.write(`peer.mjs: ignored unhandledRejection: ${e.code}\n`);
+    return;
+  }
+  fatal('unhandledRejection', e);
+});
 // If the reader of our stdout goes away, there is nobody to report to.
 process.stdout.on('error', () => process.exit(1));
 
