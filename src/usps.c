@@ -583,8 +583,11 @@ static bool publish_direct(usps *ps, const char *topic, size_t tlen,
 		if (usps__wire_parse(b->p, b->len - 1, &f) == 0)
 			usps__broker_publish(ps, &ps->self, &f);
 		usps__broker_flush_dirty(ps);
-		usps__broker_reap(ps);
 		usps__dl_commit(ps);
+		/* Peers dropped here are freed by the I/O thread, at the end
+		 * of a turn: it may hold epoll events that point at them. */
+		if (ps->reap_pending)
+			usps__engine_wake(ps);
 	}
 out:
 	pthread_mutex_unlock(&ps->lock);
