@@ -335,14 +335,13 @@ static bool path_is_bound(const usps *ps)
 	if (!f)
 		return false;
 	while (!found && fgets(line, sizeof(line), f)) {
-		unsigned long flags;
 		int path_at = 0;
 		size_t n;
 
-		/* Num RefCount Protocol Flags Type St Inode Path */
-		if (sscanf(line, "%*s %*s %*s %lx %*s %*s %*s %n", &flags,
-			   &path_at) != 1 ||
-		    !path_at)
+		/* Num RefCount Protocol Flags Type St Inode Path: path_at
+		 * stays 0 unless all seven fields before the path are there. */
+		(void)sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %n", &path_at);
+		if (!path_at)
 			continue;
 		n = strcspn(line + path_at, "\n");
 		found = n == ps->path_len &&
