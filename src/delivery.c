@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -241,6 +242,10 @@ void usps__dl_commit(usps *ps)
 	ps->dq_enq += ps->stage_n;
 	ps->dq_bytes += ps->stage_bytes;
 	pthread_mutex_unlock(&ps->dq_lock);
+	/* A delivery thread that polls sleeps in epoll, not on dq_cond. */
+	if (atomic_load(&ps->poller) == USPS__POLL_DL &&
+	    !usps__dl_on_thread(ps))
+		usps__engine_wake(ps);
 	ps->stage_head = ps->stage_tail = NULL;
 	ps->stage_n = ps->stage_bytes = 0;
 	free_list(done);
@@ -304,6 +309,20 @@ static void *dl_main(void *arg)
 		}
 		d = ps->dq_head;
 		if (!d) {
+			int64_t left = ps->timers ? ps->timers->due_ms - now
+						  : -1;
+			bool polled;
+
+			atomic_store(&ps->dl_busy, false);
+			pthread_mutex_unlock(&ps->dq_lock);
+			polled = usps__engine_dl_poll(
+				ps, left > INT_MAX ? INT_MAX : (int)left);
+			pthread_mutex_lock(&ps->dq_lock);
+			/* Polling may have been granted since we asked: the
+			 * grant's broadcast comes under dq_lock, after it. */
+			if (polled || ps->dq_head || ps->dl_stop ||
+			    atomic_load(&ps->poller) == USPS__POLL_DL)
+				continue;
 			if (ps->timers) {
 				struct timespec ts;
 
@@ -325,6 +344,8 @@ static void *dl_main(void *arg)
 
 		if (s->active) {
 			usps_event ev = d->ev->ev;
+
+			usps__engine_dl_guard(ps);
 
 			ev.delivery_attempt = d->attempt;
 			ps->running = s;
@@ -397,6 +418,8 @@ void usps__dl_stop(usps *ps)
 	ps->dl_stop = true;
 	pthread_cond_broadcast(&ps->dq_cond);
 	pthread_mutex_unlock(&ps->dq_lock);
+	/* It may be polling, in epoll_wait. */
+	usps__engine_wake(ps);
 	if (ps->dl_started)
 		pthread_join(ps->dl_thread, NULL);
 	ps->dl_started = false;

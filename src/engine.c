@@ -12,6 +12,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/timerfd.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -198,6 +200,73 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 		pthread_cond_broadcast(&ps->cond);
 }
 
+static void write_one(int fd)
+{
+	uint64_t one = 1;
+
+	while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+}
+
+static bool read_one(int fd)
+{
+	uint64_t v;
+	ssize_t n;
+
+	while ((n = read(fd, &v, sizeof(v))) < 0 && errno == EINTR)
+		;
+	return n == (ssize_t)sizeof(v);
+}
+
+/* Polling goes back to the I/O thread (ps->lock held). */
+static void give_back(usps *ps)
+{
+	if (atomic_load(&ps->poller) != USPS__POLL_DL)
+		return;
+	atomic_store(&ps->poller, USPS__POLL_IO);
+	write_one(ps->parkfd);
+}
+
+/* May the delivery thread poll? Only as a client that reads. */
+static bool dl_may_poll(const usps *ps)
+{
+	return !ps->stopping && ps->role == ROLE_CLIENT && !ps->conn_paused;
+}
+
+/*
+ * The I/O thread while the delivery thread polls: wait for polling to come
+ * back, or for the guard timer, which the delivery thread arms before it
+ * runs handlers; if it fires while they still run, take polling back, so
+ * that a slow handler does not leave the socket unread.
+ */
+static void park(usps *ps)
+{
+	struct pollfd pf[2] = {
+		{ .fd = ps->parkfd, .events = POLLIN },
+		{ .fd = ps->guardfd, .events = POLLIN },
+	};
+
+	pthread_mutex_unlock(&ps->lock);
+	(void)poll(pf, 2, -1);
+	pthread_mutex_lock(&ps->lock);
+	if (pf[0].revents)
+		(void)read_one(ps->parkfd);
+	if (pf[1].revents && read_one(ps->guardfd) && atomic_load(&ps->dl_busy))
+		atomic_store(&ps->poller, USPS__POLL_IO);
+}
+
+/* The delivery thread asked to poll: let it if it still may. */
+static void grant(usps *ps)
+{
+	ps->dl_wants_poll = false;
+	if (!dl_may_poll(ps) || atomic_load(&ps->poller) == USPS__POLL_DL)
+		return;
+	atomic_store(&ps->poller, USPS__POLL_DL);
+	pthread_mutex_lock(&ps->dq_lock);
+	pthread_cond_broadcast(&ps->dq_cond);
+	pthread_mutex_unlock(&ps->dq_lock);
+}
+
 static void *io_main(void *arg)
 {
 	usps *ps = arg;
@@ -205,9 +274,16 @@ static void *io_main(void *arg)
 
 	pthread_mutex_lock(&ps->lock);
 	while (!ps->stopping) {
-		int timeout = next_timeout(ps);
+		int timeout;
 		int n;
 
+		if (ps->dl_wants_poll)
+			grant(ps);
+		if (atomic_load(&ps->poller) == USPS__POLL_DL) {
+			park(ps);
+			continue;
+		}
+		timeout = next_timeout(ps);
 		pthread_mutex_unlock(&ps->lock);
 		n = epoll_wait(ps->epfd, evs, 64, timeout);
 		pthread_mutex_lock(&ps->lock);
@@ -232,6 +308,80 @@ static void *io_main(void *arg)
 	return NULL;
 }
 
+/* A read that brings this many deliveries means load: reading and
+ * handling then go on in parallel, on two threads, for a pause that
+ * doubles while the load lasts (each switch costs a few wake-ups). */
+#define DL_POLL_BATCH 64
+#define DL_POLL_PAUSE_MIN_MS 2
+#define DL_POLL_PAUSE_MAX_MS 128
+
+bool usps__engine_dl_poll(usps *ps, int timeout_ms)
+{
+	struct epoll_event evs[64];
+	uint64_t before;
+	int n;
+
+	if (ps->dl_poll_after_ms && atomic_load(&ps->poller) != USPS__POLL_DL) {
+		if (usps__now_ms() < ps->dl_poll_after_ms)
+			return false;
+		ps->dl_poll_after_ms = 0;
+	}
+	pthread_mutex_lock(&ps->lock);
+	if (!dl_may_poll(ps)) {
+		give_back(ps);
+		pthread_mutex_unlock(&ps->lock);
+		return false;
+	}
+	if (atomic_load(&ps->poller) != USPS__POLL_DL) {
+		if (!ps->dl_wants_poll) {
+			ps->dl_wants_poll = true;
+			usps__engine_wake(ps);
+		}
+		pthread_mutex_unlock(&ps->lock);
+		return false;
+	}
+	pthread_mutex_unlock(&ps->lock);
+
+	n = epoll_wait(ps->epfd, evs, 64, timeout_ms);
+
+	pthread_mutex_lock(&ps->lock);
+	/* Polling may have been taken back meanwhile: these events are
+	 * then the I/O thread's to see again (they are level-triggered). */
+	if (atomic_load(&ps->poller) == USPS__POLL_DL && !ps->stopping) {
+		before = ps->dq_enq;
+		turn(ps, evs, n < 0 ? 0 : n);
+		if (!dl_may_poll(ps)) {
+			give_back(ps);
+		} else if (ps->dq_enq - before >= DL_POLL_BATCH) {
+			give_back(ps);
+			ps->dl_poll_pause_ms =
+				ps->dl_poll_pause_ms ? ps->dl_poll_pause_ms * 2
+						     : DL_POLL_PAUSE_MIN_MS;
+			if (ps->dl_poll_pause_ms > DL_POLL_PAUSE_MAX_MS)
+				ps->dl_poll_pause_ms = DL_POLL_PAUSE_MAX_MS;
+			ps->dl_poll_after_ms =
+				usps__now_ms() + ps->dl_poll_pause_ms;
+		} else if (ps->dq_enq != before) {
+			ps->dl_poll_pause_ms = 0;
+		}
+	}
+	pthread_mutex_unlock(&ps->lock);
+	return true;
+}
+
+void usps__engine_dl_guard(usps *ps)
+{
+	struct itimerspec its = {
+		.it_value.tv_nsec = USPS__DL_GUARD_MS * 1000000L,
+	};
+
+	if (atomic_load(&ps->dl_busy) ||
+	    atomic_load(&ps->poller) != USPS__POLL_DL)
+		return;
+	atomic_store(&ps->dl_busy, true);
+	(void)timerfd_settime(ps->guardfd, 0, &its, NULL);
+}
+
 int usps__engine_start(usps *ps)
 {
 	int r;
@@ -247,6 +397,13 @@ int usps__engine_start(usps *ps)
 				  false);
 	if (r < 0)
 		return r;
+	ps->parkfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ps->parkfd < 0)
+		return -errno;
+	ps->guardfd =
+		timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (ps->guardfd < 0)
+		return -errno;
 	/* The watchdog works without inotify too, on its timer. */
 	ps->inofd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (ps->inofd >= 0) {
@@ -260,8 +417,11 @@ int usps__engine_start(usps *ps)
 			ps->inofd = -1;
 		}
 	}
+	/* The delivery thread runs already, and looks at the role. */
+	pthread_mutex_lock(&ps->lock);
 	ps->role = ROLE_JOINING;
 	ps->next_join_ms = usps__now_ms();
+	pthread_mutex_unlock(&ps->lock);
 	r = pthread_create(&ps->io_thread, NULL, io_main, ps);
 	if (r)
 		return -r;
@@ -273,6 +433,8 @@ void usps__engine_stop(usps *ps)
 {
 	if (ps->io_started) {
 		usps__engine_wake(ps);
+		/* It may be parked (the delivery thread polled). */
+		write_one(ps->parkfd);
 		pthread_join(ps->io_thread, NULL);
 		ps->io_started = false;
 	}
@@ -283,5 +445,9 @@ void usps__engine_stop(usps *ps)
 		close(ps->wakefd);
 	if (ps->epfd >= 0)
 		close(ps->epfd);
-	ps->inofd = ps->wakefd = ps->epfd = -1;
+	if (ps->parkfd >= 0)
+		close(ps->parkfd);
+	if (ps->guardfd >= 0)
+		close(ps->guardfd);
+	ps->inofd = ps->wakefd = ps->epfd = ps->parkfd = ps->guardfd = -1;
 }

@@ -275,6 +275,31 @@ void usps__election_cleanup(usps *ps);
 int usps__engine_start(usps *ps);
 void usps__engine_stop(usps *ps);
 void usps__engine_wake(usps *ps);
+
+/*
+ * The delivery thread polls in the I/O thread's stead while it has nothing
+ * to run and the handle is a client: an event then costs one thread
+ * wake-up in this process instead of two (I/O thread, then delivery
+ * thread). ps->poller says who polls; the other one waits. The I/O
+ * thread, parked, takes polling back when a handler runs longer than
+ * USPS__DL_GUARD_MS, and the delivery thread gives it back when a read
+ * brings a batch (both threads then work in parallel) or the handle stops
+ * being a client. See engine.c.
+ */
+enum {
+	USPS__POLL_IO,
+	USPS__POLL_DL
+};
+#define USPS__DL_GUARD_MS 1
+/*
+ * From the delivery thread, with nothing queued: poll for up to
+ * @timeout_ms (-1: no limit) and run a loop turn if polling is ours, else
+ * ask for it. Returns true if it polled (the caller looks at its queue
+ * again), false if the caller should wait on dq_cond.
+ */
+bool usps__engine_dl_poll(usps *ps, int timeout_ms);
+/* From the delivery thread, before running handlers while it polls. */
+void usps__engine_dl_guard(usps *ps);
 void usps__engine_set_role(usps *ps, enum role role);
 /* Start looking for a broker again (connection lost, stepped down). */
 void usps__engine_rejoin(usps *ps, int delay_ms);
@@ -306,6 +331,13 @@ struct usps {
 	int wakefd;
 	struct ioh wake_ioh;
 	atomic_bool wake_pending;
+	atomic_int poller;	  /* USPS__POLL_*; written under ps->lock */
+	bool dl_wants_poll;	  /* under ps->lock */
+	atomic_bool dl_busy;	  /* handlers run while the DL thread polls */
+	int parkfd;		  /* eventfd: wakes the parked I/O thread */
+	int guardfd;		  /* timerfd: a handler runs too long */
+	int64_t dl_poll_after_ms; /* delivery thread only: after a batch */
+	int64_t dl_poll_pause_ms; /* delivery thread only */
 
 	/* election and broker tenure */
 	int lockfd; /* open always; flock held while broker */

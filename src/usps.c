@@ -158,8 +158,9 @@ static void shutdown_handle(usps *ps)
 		pthread_cond_timedwait(&ps->cond, &ps->lock, &ts);
 	}
 	pthread_mutex_unlock(&ps->lock);
-	usps__engine_stop(ps);
+	/* The delivery thread first: it may poll the engine's epoll set. */
 	usps__dl_stop(ps);
+	usps__engine_stop(ps);
 	free_handle(ps);
 }
 
@@ -204,6 +205,7 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	ps->opt = o;
 	ps->uid = geteuid();
 	ps->epfd = ps->wakefd = ps->inofd = -1;
+	ps->parkfd = ps->guardfd = -1;
 	ps->lockfd = ps->connfd = -1;
 	ps->lst[0].fd = ps->lst[1].fd = -1;
 	ps->self.fd = -1;

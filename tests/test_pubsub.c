@@ -464,6 +464,103 @@ TEST(slow_handler_isolated)
 	col_free(&fast);
 }
 
+/* The second event blocks its handler until released. */
+struct stuck {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool entered, release;
+	int n;
+};
+
+static void stuck_handler(const usps_event *ev, usps_delivery *d, void *ud)
+{
+	struct stuck *st = ud;
+
+	(void)ev;
+	(void)d;
+	pthread_mutex_lock(&st->mu);
+	if (++st->n == 2) {
+		st->entered = true;
+		pthread_cond_broadcast(&st->cv);
+		while (!st->release)
+			pthread_cond_wait(&st->cv, &st->mu);
+	}
+	pthread_cond_broadcast(&st->cv);
+	pthread_mutex_unlock(&st->mu);
+}
+
+/* Wait until @st has run @n handlers (or, n == 0, one is blocked). */
+static bool stuck_wait(struct stuck *st, int n, int timeout_ms)
+{
+	int64_t end = harness_now_ms() + timeout_ms;
+	bool ok;
+
+	pthread_mutex_lock(&st->mu);
+	while (!(n ? st->n >= n : st->entered) && harness_now_ms() < end) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 10 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+	}
+	ok = n ? st->n >= n : st->entered;
+	pthread_mutex_unlock(&st->mu);
+	return ok;
+}
+
+/*
+ * A client whose handler blocks keeps reading from the broker: its
+ * delivery thread polls the connection while idle, and the I/O thread
+ * takes polling back when a handler runs long. A subscribe needs the
+ * broker's ack, and the broker's flush completes only once the client
+ * has read more than the sockets can hold.
+ */
+TEST(blocked_handler_keeps_reading)
+{
+	struct stuck st = { .mu = PTHREAD_MUTEX_INITIALIZER,
+			    .cv = PTHREAD_COND_INITIALIZER };
+	enum {
+		N = 1000,
+		SIZE = 4000
+	};
+	usps *b = NULL, *c = NULL;
+	usps_sub *s, *su;
+	struct col cu;
+	char *data;
+
+	col_init(&cu);
+	data = malloc(SIZE);
+	REQUIRE(data);
+	memset(data, 'x', SIZE);
+	data[0] = data[SIZE - 1] = '"';
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, stuck_handler, &st, &s), 0);
+	/* After the first, the idle delivery thread polls; the second
+	 * blocks it. */
+	CHECK_EQ_INT(PUB(b, "t", "first"), 0);
+	CHECK(stuck_wait(&st, 1, 5000));
+	CHECK_EQ_INT(PUB(b, "t", "second"), 0);
+	CHECK(stuck_wait(&st, 0, 5000));
+	CHECK_EQ_INT(usps_subscribe(c, "u", NULL, col_handler, &cu, &su), 0);
+	for (int i = 0; i < N; i++)
+		CHECK_EQ_INT(usps_publish(b, "t", "e", data, SIZE, 0), 0);
+	CHECK_EQ_INT(usps_flush(b, 10000), 0);
+	pthread_mutex_lock(&st.mu);
+	st.release = true;
+	pthread_cond_broadcast(&st.cv);
+	pthread_mutex_unlock(&st.mu);
+	CHECK(stuck_wait(&st, N + 2, 10000));
+	usps_close(c);
+	usps_close(b);
+	col_free(&cu);
+	free(data);
+}
+
 /* 15: options and arguments are checked. */
 TEST(options_and_arguments)
 {
@@ -1351,6 +1448,7 @@ int main(void)
 	RUN(backpressured_client_catches_up);
 	RUN(stuck_client_dropped);
 	RUN(slow_handler_isolated);
+	RUN(blocked_handler_keeps_reading);
 	RUN(options_and_arguments);
 	RUN(publish_too_large);
 	RUN(inbound_frame_limits);
