@@ -43,6 +43,9 @@
 /* Mastra's staleness rule for P.elect. */
 #define ELECT_STALE_MS 2000
 #define BACKOFF_MAX_MS 32
+/* Retries 1 ms apart while another process holds P.lock and nobody
+ * listens yet (it is between winning the lock and listening). */
+#define LOCK_BUSY_FAST_TRIES 50
 #define WATCH_INTERVAL_MS 1000
 
 static void sockaddr_of(const usps *ps, struct sockaddr_un *sa)
@@ -271,6 +274,7 @@ static int join_client(usps *ps, int fd)
 	if (usps__client_start(ps, fd, cred.pid) < 0)
 		return 0;
 	ps->join_backoff_ms = 0;
+	ps->lock_busy_tries = 0;
 	return 1;
 }
 
@@ -313,6 +317,7 @@ static int become_broker(usps *ps, int fd)
 	ps->broker_since_ms = usps__wall_ms();
 	ps->next_watch_ms = usps__now_ms() + WATCH_INTERVAL_MS;
 	ps->join_backoff_ms = 0;
+	ps->lock_busy_tries = 0;
 	r = usps__broker_adopt_keys(ps);
 	usps__engine_set_role(ps, ROLE_BROKER);
 	return r;
@@ -458,8 +463,14 @@ int usps__election_step(usps *ps)
 	if (r < 0)
 		return r;
 	if (r == 0) {
-		/* A usps broker is alive or another usps process elects. */
-		backoff(ps);
+		/* Another usps process elects (a live usps broker would have
+		 * taken our connect): it binds within a moment, and inotify
+		 * tells us when the path changes. Look again every
+		 * millisecond for a while, then back off. */
+		if (++ps->lock_busy_tries <= LOCK_BUSY_FAST_TRIES)
+			ps->next_join_ms = usps__now_ms() + 1;
+		else
+			backoff(ps);
 		return 0;
 	}
 	return elect(ps);

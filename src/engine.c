@@ -122,6 +122,10 @@ static void drain_inotify(usps *ps)
 	}
 	if (ours && ps->role == ROLE_BROKER)
 		usps__election_watch(ps);
+	/* Joining: the path changed (a new broker bound it, or removed a
+	 * stale one first): look again now rather than at the backoff. */
+	if (ours && ps->role == ROLE_JOINING && !ps->refused)
+		ps->next_join_ms = usps__now_ms();
 }
 
 static int next_timeout(usps *ps)

@@ -358,6 +358,7 @@ struct usps {
 	int64_t next_join_ms;
 	int64_t next_watch_ms;
 	unsigned join_backoff_ms;
+	unsigned lock_busy_tries; /* election steps that found P.lock held */
 	int64_t broker_since_ms;
 	pid_t broker_pid;
 	int64_t conn_since_ms;	 /* when the current connection began */
