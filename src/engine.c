@@ -237,6 +237,39 @@ static bool dl_may_poll(const usps *ps)
 	return !ps->stopping && ps->role == ROLE_CLIENT && !ps->conn_paused;
 }
 
+static void guard_arm(usps *ps)
+{
+	struct itimerspec its = {
+		.it_value.tv_nsec = USPS__DL_GUARD_MS * 1000000L,
+	};
+
+	atomic_store(&ps->guard_batch, atomic_load(&ps->dl_batch));
+	(void)timerfd_settime(ps->guardfd, 0, &its, NULL);
+}
+
+/*
+ * The guard timer fired (I/O thread). Setting a timer costs the delivery
+ * thread a system call and, in a VM, an exit to the hypervisor, so it is
+ * set once for many handler runs: the run it was set for still going
+ * means a handler has run USPS__DL_GUARD_MS, so polling is taken back;
+ * another run going is watched from now on; none, and the timer rests
+ * until the delivery thread sets it again.
+ */
+static void guard_fired(usps *ps)
+{
+	if (atomic_load(&ps->dl_busy)) {
+		if (atomic_load(&ps->dl_batch) == atomic_load(&ps->guard_batch))
+			atomic_store(&ps->poller, USPS__POLL_IO);
+		guard_arm(ps);
+		return;
+	}
+	atomic_store(&ps->guard_armed, false);
+	/* It may have begun a run since we looked, seeing the timer set. */
+	if (atomic_load(&ps->dl_busy) &&
+	    !atomic_exchange(&ps->guard_armed, true))
+		guard_arm(ps);
+}
+
 /*
  * The I/O thread while the delivery thread polls: wait for polling to come
  * back, or for the guard timer, which the delivery thread arms before it
@@ -255,8 +288,8 @@ static void park(usps *ps)
 	pthread_mutex_lock(&ps->lock);
 	if (pf[0].revents)
 		(void)read_one(ps->parkfd);
-	if (pf[1].revents && read_one(ps->guardfd) && atomic_load(&ps->dl_busy))
-		atomic_store(&ps->poller, USPS__POLL_IO);
+	if (pf[1].revents && read_one(ps->guardfd))
+		guard_fired(ps);
 }
 
 /* The delivery thread asked to poll: let it if it still may. */
@@ -375,15 +408,13 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 
 void usps__engine_dl_guard(usps *ps)
 {
-	struct itimerspec its = {
-		.it_value.tv_nsec = USPS__DL_GUARD_MS * 1000000L,
-	};
-
 	if (atomic_load(&ps->dl_busy) ||
 	    atomic_load(&ps->poller) != USPS__POLL_DL)
 		return;
+	atomic_fetch_add(&ps->dl_batch, 1);
 	atomic_store(&ps->dl_busy, true);
-	(void)timerfd_settime(ps->guardfd, 0, &its, NULL);
+	if (!atomic_exchange(&ps->guard_armed, true))
+		guard_arm(ps);
 }
 
 int usps__engine_start(usps *ps)

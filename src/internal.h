@@ -282,7 +282,7 @@ void usps__engine_wake(usps *ps);
  * wake-up in this process instead of two (I/O thread, then delivery
  * thread). ps->poller says who polls; the other one waits. The I/O
  * thread, parked, takes polling back when a handler runs longer than
- * USPS__DL_GUARD_MS, and the delivery thread gives it back when a read
+ * USPS__DL_GUARD_MS (to twice that), and the delivery thread gives it back when a read
  * brings a batch (both threads then work in parallel) or the handle stops
  * being a client. See engine.c.
  */
@@ -290,7 +290,7 @@ enum {
 	USPS__POLL_IO,
 	USPS__POLL_DL
 };
-#define USPS__DL_GUARD_MS 1
+#define USPS__DL_GUARD_MS 4
 /*
  * From the delivery thread, with nothing queued: poll for up to
  * @timeout_ms (-1: no limit) and run a loop turn if polling is ours, else
@@ -331,9 +331,12 @@ struct usps {
 	int wakefd;
 	struct ioh wake_ioh;
 	atomic_bool wake_pending;
-	atomic_int poller;	  /* USPS__POLL_*; written under ps->lock */
-	bool dl_wants_poll;	  /* under ps->lock */
-	atomic_bool dl_busy;	  /* handlers run while the DL thread polls */
+	atomic_int poller;   /* USPS__POLL_*; written under ps->lock */
+	bool dl_wants_poll;  /* under ps->lock */
+	atomic_bool dl_busy; /* handlers run while the DL thread polls */
+	atomic_uint_fast64_t dl_batch;	  /* handler runs begun while polling */
+	atomic_bool guard_armed;	  /* the guard timer is set */
+	atomic_uint_fast64_t guard_batch; /* the run it was set for */
 	int parkfd;		  /* eventfd: wakes the parked I/O thread */
 	int guardfd;		  /* timerfd: a handler runs too long */
 	int64_t dl_poll_after_ms; /* delivery thread only: after a batch */
