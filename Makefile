@@ -18,14 +18,15 @@
 #   make format / check-format / tidy / cppcheck / clean
 #
 # Variables: JOBS (build jobs, default 2), CTEST_ARGS (extra ctest arguments,
-# e.g. CTEST_ARGS='-R wire -V'), PREFIX, DESTDIR, BENCH_DEPS (extra Debian
-# packages the benchmarks need).
+# e.g. CTEST_ARGS='-R wire -V'), PREFIX, DESTDIR, BENCH_DEPS (the Debian
+# packages of the peers that make bench compares usps with; set it empty to
+# compare with what is installed only).
 
 JOBS ?= 2
 PREFIX ?= /usr/local
 DESTDIR ?=
 CTEST_ARGS ?=
-BENCH_DEPS ?=
+BENCH_DEPS ?= libzmq3-dev redis-server libhiredis-dev nats-server libnats-dev
 
 MAKEFLAGS += --no-print-directory
 
@@ -36,7 +37,8 @@ SETARCH_NO_ASLR := $(if $(shell command -v setarch),setarch $(shell uname -m) -R
 
 # Our C sources and headers, for clang-format.
 FORMAT_FILES := $(wildcard include/*.h src/*.c src/*.h tools/*.c tools/*.h \
-	tests/*.c tests/*.h tests/*.cpp bench/*.c bench/*.h fuzz/*.c fuzz/*.h \
+	tests/*.c tests/*.h tests/*.cpp bench/*.c bench/*.h bench/peers/*.c \
+	bench/peers/*.h fuzz/*.c fuzz/*.h \
 	examples/*.c examples/*.h)
 
 .PHONY: all build deps test test-asan test-tsan test-valgrind fuzz coverage \

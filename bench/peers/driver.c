@@ -1667,7 +1667,7 @@ static bool parse_opt(struct opts *o, unsigned allowed, const char *opt,
 			if (x < MIN_SIZE) {
 				warn("--size %" PRIu64 ": an event needs at "
 				     "least %d bytes (quotes, 2-digit "
-				     "publisher, 16-digit sequence number)",
+				     "publisher, 12-digit sequence number)",
 				     x, MIN_SIZE);
 				return false;
 			}
