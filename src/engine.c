@@ -292,15 +292,22 @@ static void park(usps *ps)
 		guard_fired(ps);
 }
 
-/* The delivery thread asked to poll: let it if it still may. */
+/*
+ * The delivery thread asked to poll: let it if it still may and is still
+ * idle. A handler already running when polling is granted would run
+ * without the guard timer (set as handler runs begin), so a blocked one
+ * would leave the socket unread; the thread asks again when it idles.
+ */
 static void grant(usps *ps)
 {
 	ps->dl_wants_poll = false;
 	if (!dl_may_poll(ps) || atomic_load(&ps->poller) == USPS__POLL_DL)
 		return;
-	atomic_store(&ps->poller, USPS__POLL_DL);
 	pthread_mutex_lock(&ps->dq_lock);
-	pthread_cond_broadcast(&ps->dq_cond);
+	if (!ps->dq_head && !ps->running) {
+		atomic_store(&ps->poller, USPS__POLL_DL);
+		pthread_cond_broadcast(&ps->dq_cond);
+	}
 	pthread_mutex_unlock(&ps->dq_lock);
 }
 
@@ -356,6 +363,7 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 {
 	struct epoll_event evs[64];
 	uint64_t before;
+	bool queued;
 	int n;
 
 	if (ps->dl_poll_after_ms && atomic_load(&ps->poller) != USPS__POLL_DL) {
@@ -377,7 +385,18 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 		pthread_mutex_unlock(&ps->lock);
 		return false;
 	}
+	/*
+	 * The I/O thread may have queued deliveries since the caller saw
+	 * none, and then granted polling: run those first. Deliveries are
+	 * committed under ps->lock, and from now on a commit by another
+	 * thread wakes our epoll_wait (usps__dl_commit()).
+	 */
+	pthread_mutex_lock(&ps->dq_lock);
+	queued = ps->dq_head != NULL;
+	pthread_mutex_unlock(&ps->dq_lock);
 	pthread_mutex_unlock(&ps->lock);
+	if (queued)
+		return true;
 
 	n = epoll_wait(ps->epfd, evs, 64, timeout_ms);
 
