@@ -89,6 +89,31 @@ int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
 #define CONN_QUEUE_MAX (4u << 20)
 
 /*
+ * Drop the written part of the connection buffer before more is appended,
+ * so that it does not grow for as long as the broker reads more slowly
+ * than we write (it empties, and starts over, only when all is out). What
+ * stays starts with the frame being written: requeue_unsent() recognises
+ * a frame cut by a partial write by the byte before conn_off. Moves bytes
+ * only when more is written than not, so each byte moves about once.
+ */
+static void conn_compact(usps *ps)
+{
+	char *p = ps->conn_out.p;
+	size_t from = ps->conn_off, len = ps->conn_out.len;
+
+	if (from && p[from - 1] != '\n') {
+		const char *nl = memrchr(p, '\n', from);
+
+		from = nl ? (size_t)(nl - p) + 1 : 0;
+	}
+	if (!from || from < len - from)
+		return;
+	memmove(p, p + from, len - from);
+	ps->conn_out.len = len - from;
+	ps->conn_off -= from;
+}
+
+/*
  * The outbox's bytes go out on the connection, behind memberships. An
  * empty connection buffer is swapped with the outbox, so the bytes are not
  * copied and both buffers keep their memory.
@@ -110,10 +135,13 @@ void usps__client_take_outbox(usps *ps)
 			ps->outbox.len = 0;
 			ps->conn_off = 0;
 			took = true;
-		} else if (usps__buf_put(&ps->conn_out, ps->outbox.p,
-					 ps->outbox.len) == 0) {
-			ps->outbox.len = 0;
-			took = true;
+		} else {
+			conn_compact(ps);
+			if (usps__buf_put(&ps->conn_out, ps->outbox.p,
+					  ps->outbox.len) == 0) {
+				ps->outbox.len = 0;
+				took = true;
+			}
 		}
 		if (took) {
 			ps->out_taken = ps->out_appended;
