@@ -20,6 +20,8 @@
 
 struct dl_event {
 	atomic_uint refs;
+	uint8_t cls; /* size class for the cache (DL_CLASSES: none) */
+	struct dl_event *cnext; /* in the cache */
 	size_t bytes;
 	usps_event ev; /* delivery_attempt and group set per call */
 	uint32_t wire_attempt;
@@ -29,10 +31,59 @@ struct dl_event {
 	char buf[];
 };
 
-static void ev_unref(struct dl_event *e)
+/*
+ * Events are kept for reuse when freed, per size class, up to
+ * DL_CACHE_BYTES in all: in steady state an event costs no malloc() and
+ * free(), and large ones do not fault their pages in again each time
+ * (glibc hands a freed heap top back to the kernel). The cache is used
+ * under ps->lock only.
+ */
+#define DL_MIN_SHIFT 9 /* 512 bytes */
+#define DL_CLASSES USPS__DL_CLASSES
+#define DL_CACHE_BYTES (8u << 20)
+
+static size_t class_size(unsigned cls)
+{
+	return (size_t)1 << (cls + DL_MIN_SHIFT);
+}
+
+static struct dl_event *ev_alloc(usps *ps, size_t size)
+{
+	unsigned cls = 0;
+	struct dl_event *e;
+
+	while (cls < DL_CLASSES && class_size(cls) < size)
+		cls++;
+	if (cls == DL_CLASSES) {
+		e = malloc(size);
+	} else if ((e = ps->ev_cache[cls])) {
+		ps->ev_cache[cls] = e->cnext;
+		ps->ev_cache_bytes -= class_size(cls);
+	} else {
+		e = malloc(class_size(cls));
+	}
+	if (e)
+		e->cls = (uint8_t)cls;
+	return e;
+}
+
+/* Free @e, into the cache if @cache (ps->lock held) and there is room. */
+static void ev_free(usps *ps, struct dl_event *e, bool cache)
+{
+	if (cache && e->cls < DL_CLASSES &&
+	    ps->ev_cache_bytes + class_size(e->cls) <= DL_CACHE_BYTES) {
+		e->cnext = ps->ev_cache[e->cls];
+		ps->ev_cache[e->cls] = e;
+		ps->ev_cache_bytes += class_size(e->cls);
+		return;
+	}
+	free(e);
+}
+
+static void ev_unref(usps *ps, struct dl_event *e, bool cache)
 {
 	if (atomic_fetch_sub(&e->refs, 1) == 1)
-		free(e);
+		ev_free(ps, e, cache);
 }
 
 /* Decode string span @s into @*pos (advancing it); NULL if not a string. */
@@ -93,7 +144,7 @@ static int64_t created_ms(struct usps__span s)
 	return ms;
 }
 
-static struct dl_event *ev_new(const char *line, size_t len,
+static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 			       const struct usps__frame *f)
 {
 	struct usps__event_fields ef;
@@ -106,10 +157,15 @@ static struct dl_event *ev_new(const char *line, size_t len,
 	if (len > (SIZE_MAX - sizeof(*e) - 16) / 2)
 		return NULL;
 	room = 2 * len + 16;
-	e = malloc(sizeof(*e) + room);
+	e = ev_alloc(ps, sizeof(*e) + room);
 	if (!e)
 		return NULL;
-	memset(e, 0, sizeof(*e));
+	{
+		uint8_t cls = e->cls;
+
+		memset(e, 0, sizeof(*e));
+		e->cls = cls;
+	}
 	atomic_init(&e->refs, 0);
 	e->bytes = len;
 	memcpy(e->buf, line, len);
@@ -163,7 +219,7 @@ static struct dl_event *ev_new(const char *line, size_t len,
 	e->wire_attempt = parse_attempt(ef.delivery_attempt);
 	return e;
 fail:
-	free(e);
+	ev_free(ps, e, true);
 	return NULL;
 }
 
@@ -175,7 +231,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 
 	if (!n)
 		return 0;
-	e = ev_new(line, len, f);
+	e = ev_new(ps, line, len, f);
 	if (!e)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
@@ -189,7 +245,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 				free(first);
 				first = next;
 			}
-			free(e);
+			ev_free(ps, e, true);
 			return -ENOMEM;
 		}
 		d->ev = e;
@@ -212,7 +268,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	return 0;
 }
 
-static void free_list(struct usps_delivery *d);
+static void free_list(usps *ps, struct usps_delivery *d, bool cache);
 
 void usps__dl_commit(usps *ps)
 {
@@ -227,7 +283,7 @@ void usps__dl_commit(usps *ps)
 	atomic_store(&ps->dl_done_any, false);
 	if (!ps->stage_head) {
 		pthread_mutex_unlock(&ps->dq_lock);
-		free_list(done);
+		free_list(ps, done, true);
 		return;
 	}
 	/* The delivery thread sleeps only on an empty queue (dq_cond also
@@ -248,17 +304,17 @@ void usps__dl_commit(usps *ps)
 		usps__engine_wake(ps);
 	ps->stage_head = ps->stage_tail = NULL;
 	ps->stage_n = ps->stage_bytes = 0;
-	free_list(done);
+	free_list(ps, done, true);
 }
 
-static void free_delivery(struct usps_delivery *d)
+static void free_delivery(usps *ps, struct usps_delivery *d, bool cache)
 {
 	struct dl_event *e = d->ev;
 
 	usps__sub_unref(d->sub);
 	if (d != &e->first)
 		free(d);
-	ev_unref(e);
+	ev_unref(ps, e, cache);
 }
 
 static void timer_insert(usps *ps, struct usps_delivery *d)
@@ -384,7 +440,7 @@ static void *dl_main(void *arg)
 			ps->dl_done = NULL;
 			ps->dl_done_bytes = 0;
 			pthread_mutex_unlock(&ps->dq_lock);
-			free_list(list);
+			free_list(ps, list, false);
 			pthread_mutex_lock(&ps->dq_lock);
 		}
 	}
@@ -402,12 +458,13 @@ int usps__dl_start(usps *ps)
 	return 0;
 }
 
-static void free_list(struct usps_delivery *d)
+/* Free a list of deliveries; @cache: ps->lock is held (see ev_free). */
+static void free_list(usps *ps, struct usps_delivery *d, bool cache)
 {
 	while (d) {
 		struct usps_delivery *next = d->next;
 
-		free_delivery(d);
+		free_delivery(ps, d, cache);
 		d = next;
 	}
 }
@@ -423,12 +480,22 @@ void usps__dl_stop(usps *ps)
 	if (ps->dl_started)
 		pthread_join(ps->dl_thread, NULL);
 	ps->dl_started = false;
-	free_list(ps->stage_head);
+	free_list(ps, ps->stage_head, false);
 	ps->stage_head = ps->stage_tail = NULL;
-	free_list(ps->dq_head);
-	free_list(ps->timers);
-	free_list(ps->dl_done);
+	free_list(ps, ps->dq_head, false);
+	free_list(ps, ps->timers, false);
+	free_list(ps, ps->dl_done, false);
 	ps->dq_head = ps->dq_tail = ps->timers = ps->dl_done = NULL;
+	/* Nothing allocates events now: the engine stops once stopping. */
+	for (unsigned i = 0; i < DL_CLASSES; i++) {
+		while (ps->ev_cache[i]) {
+			struct dl_event *e = ps->ev_cache[i];
+
+			ps->ev_cache[i] = e->cnext;
+			free(e);
+		}
+	}
+	ps->ev_cache_bytes = 0;
 }
 
 bool usps__dl_on_thread(usps *ps)

@@ -131,6 +131,7 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 /* ---- delivery (delivery.c) ---- */
 
 struct dl_event;
+#define USPS__DL_CLASSES 12 /* event cache size classes: 512 B to 1 MiB */
 
 struct usps_delivery {
 	struct usps_delivery *next;
@@ -420,6 +421,10 @@ struct usps {
 	struct usps_delivery *stage_head, *stage_tail;
 	uint64_t stage_n, stage_bytes;
 	struct usps_delivery *timers; /* redeliveries, sorted by due_ms */
+	/* Freed events kept for reuse, per size class (delivery.c); under
+	 * ps->lock. */
+	struct dl_event *ev_cache[USPS__DL_CLASSES];
+	size_t ev_cache_bytes;
 	/* Done deliveries, freed by the thread that allocated them (at its
 	 * next commit): a free on another thread costs an arena lock. */
 	struct usps_delivery *dl_done;
