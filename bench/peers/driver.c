@@ -138,6 +138,85 @@ static int64_t after_ms(int64_t ms)
 	return now_ns() + ms * 1000000;
 }
 
+/* ---- small helpers, shared with the transports (see driver.h) ---- */
+
+int64_t bt_now_ms(void)
+{
+	struct timespec ts;
+
+	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int bt_left_ms(int64_t deadline)
+{
+	int64_t d;
+
+	if (deadline == INT64_MAX)
+		return -1;
+	d = deadline - bt_now_ms();
+	if (d <= 0)
+		return 0;
+	return d > INT32_MAX ? INT32_MAX : (int)d;
+}
+
+void bt_sleep_ms(int ms)
+{
+	struct timespec ts = {
+		.tv_sec = ms / 1000,
+		.tv_nsec = (long)(ms % 1000) * 1000000,
+	};
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+int bt_wait_fd(int fd, short events, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	int r;
+
+	do
+		r = poll(&p, 1, timeout_ms);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -errno;
+	return r ? p.revents : 0;
+}
+
+int bt_write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+void *bt_queue_room(void *buf, size_t size, size_t *head, size_t n, size_t *cap)
+{
+	if (*head > 0 && *head + n == *cap) {
+		memmove(buf, (char *)buf + *head * size, n * size);
+		*head = 0;
+	}
+	if (*head + n == *cap) {
+		size_t more = *cap ? 2 * *cap : 16;
+		void *p = reallocarray(buf, more, size);
+
+		if (!p)
+			return NULL;
+		buf = p;
+		*cap = more;
+	}
+	return buf;
+}
+
 __attribute__((format(printf, 1, 2))) static void warn(const char *fmt, ...)
 {
 	va_list ap;
@@ -217,21 +296,6 @@ static int get_line(struct lines *in, char *out, size_t cap, int64_t timeout_ms)
 	}
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 __attribute__((format(printf, 2, 3))) static int put_line(int fd,
 							  const char *fmt, ...)
 {
@@ -245,7 +309,7 @@ __attribute__((format(printf, 2, 3))) static int put_line(int fd,
 	if (n < 0 || (size_t)n >= sizeof(buf) - 1)
 		return -EMSGSIZE;
 	buf[n++] = '\n';
-	return write_all(fd, buf, (size_t)n);
+	return bt_write_all(fd, buf, (size_t)n);
 }
 
 /* The value after " @key=" in @line, or NULL. */

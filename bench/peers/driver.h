@@ -101,9 +101,57 @@ pid_t bt_fork_server(const char *name, int (*fn)(void *arg, int ready_fd),
 
 /*
  * bt_stop_server() - send SIGTERM to @pid, wait up to @timeout_ms for it
- * to exit, then SIGKILL it; it is reaped in every case. Returns 0 if it
- * exited with status 0 in time, else -1. Does nothing for @pid <= 0.
+ * to exit, then SIGKILL it (saying so on stderr); it is reaped in every
+ * case. Returns 0 if it exited with status 0 in time, else -1. Does nothing
+ * for @pid <= 0.
  */
 int bt_stop_server(pid_t pid, int timeout_ms);
+
+/*
+ * Small helpers the transports share. Times are on CLOCK_MONOTONIC, in
+ * milliseconds; a deadline is a bt_now_ms() value.
+ */
+
+/* bt_now_ms() - the CLOCK_MONOTONIC time now, in milliseconds. */
+int64_t bt_now_ms(void);
+
+/*
+ * bt_left_ms() - the milliseconds from now to @deadline, as a poll()
+ * timeout: 0 if it has passed, at most INT32_MAX, and -1 (no limit) for a
+ * @deadline of INT64_MAX.
+ */
+int bt_left_ms(int64_t deadline);
+
+/*
+ * bt_sleep_ms() - sleep for @ms milliseconds, all of them even if a signal
+ * handler runs meanwhile.
+ */
+void bt_sleep_ms(int ms);
+
+/*
+ * bt_wait_fd() - wait up to @timeout_ms (-1: no limit) for @events on @fd,
+ * polling again (for the whole @timeout_ms) if a signal interrupts. Returns
+ * the revents (> 0), 0 on timeout, or a negative errno from poll().
+ */
+int bt_wait_fd(int fd, short events, int timeout_ms);
+
+/*
+ * bt_write_all() - write the @n bytes at @p to @fd, carrying on after
+ * short writes and signals. Returns 0, or a negative errno from write().
+ */
+int bt_write_all(int fd, const char *p, size_t n);
+
+/*
+ * bt_queue_room() - make room for one more element at the tail of a FIFO
+ * queue of @size-byte elements: @buf has room for *@cap of them and holds
+ * @n from index *@head on. When the tail has reached the end, the queued
+ * elements move to the front (*@head becomes 0) or, if none is free, @buf
+ * is reallocated with twice the room (16 at first; *@cap is updated).
+ * Returns @buf or what replaced it, with a free slot at *@head + @n; or
+ * NULL when out of memory, and then @buf is still valid and holds the same
+ * elements.
+ */
+void *bt_queue_room(void *buf, size_t size, size_t *head, size_t n,
+		    size_t *cap);
 
 #endif

@@ -115,25 +115,6 @@ struct bt_conn {
 	atomic_int drain_waiters;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {
-		.tv_sec = ms / 1000,
-		.tv_nsec = (long)(ms % 1000) * 1000000,
-	};
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 /* A cnats status as a negative errno, after printing cnats's account. */
 static int nats_err(const char *what, natsStatus s)
 {
@@ -197,22 +178,6 @@ static int find_server(char *buf, size_t size)
 	return executable(buf) ? 0 : -ENOENT;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /*
  * The configuration: loopback only, a port of the server's choosing, and
  * limits high enough that a subscriber the driver keeps within its
@@ -239,7 +204,7 @@ static int write_conf(const struct bt_server *srv, const struct server *s)
 	fd = open(s->conf, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	r = write_all(fd, text, (size_t)len);
+	r = bt_write_all(fd, text, (size_t)len);
 	if (close(fd) < 0 && r == 0)
 		r = -errno;
 	return r;
@@ -311,7 +276,6 @@ static int try_connect(int port, int timeout_ms)
 		.sin_port = htons((uint16_t)port),
 		.sin_addr.s_addr = htonl(INADDR_LOOPBACK),
 	};
-	struct pollfd pfd;
 	socklen_t len = sizeof(int);
 	int fd, r, err = 0;
 
@@ -324,12 +288,9 @@ static int try_connect(int port, int timeout_ms)
 		goto out;
 	}
 	if (r < 0) {
-		pfd = (struct pollfd){ .fd = fd, .events = POLLOUT };
-		do
-			r = poll(&pfd, 1, timeout_ms);
-		while (r < 0 && errno == EINTR);
+		r = bt_wait_fd(fd, POLLOUT, timeout_ms);
 		if (r <= 0) {
-			r = r < 0 ? -errno : -ETIMEDOUT;
+			r = r < 0 ? r : -ETIMEDOUT;
 			goto out;
 		}
 		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -339,32 +300,6 @@ static int try_connect(int port, int timeout_ms)
 out:
 	(void)close(fd);
 	return r;
-}
-
-/*
- * Stop @pid: SIGTERM (after which nats-server exits with status 1, by its
- * design), then SIGKILL if it is still there after STOP_MS; reaped either
- * way.
- */
-static void stop_pid(pid_t pid)
-{
-	int64_t deadline = now_ms() + STOP_MS;
-	pid_t r;
-
-	(void)kill(pid, SIGTERM);
-	for (;;) {
-		r = waitpid(pid, NULL, WNOHANG);
-		if (r == pid || (r < 0 && errno != EINTR))
-			return;
-		if (now_ms() >= deadline)
-			break;
-		sleep_ms(5);
-	}
-	(void)fprintf(stderr, "bench_nats: nats-server %d ignored SIGTERM\n",
-		      (int)pid);
-	(void)kill(pid, SIGKILL);
-	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-		;
 }
 
 static void remove_files(const struct server *s)
@@ -451,7 +386,7 @@ static int server_start(struct bt_server *srv, const char **why)
 	}
 
 	/* Poll for the port, then for the listener: no fixed sleep. */
-	deadline = now_ms() + START_MS;
+	deadline = bt_now_ms() + START_MS;
 	for (;;) {
 		if (waitpid(pid, NULL, WNOHANG) == pid) {
 			(void)fprintf(stderr,
@@ -465,7 +400,7 @@ static int server_start(struct bt_server *srv, const char **why)
 			port = read_port(s->ports);
 		if (port && try_connect(port, 100) == 0)
 			break;
-		if (now_ms() >= deadline) {
+		if (bt_now_ms() >= deadline) {
 			(void)fprintf(stderr,
 				      "bench_nats: nats-server did not "
 				      "accept connections in %d ms\n",
@@ -474,7 +409,7 @@ static int server_start(struct bt_server *srv, const char **why)
 			r = -ETIMEDOUT;
 			goto stop;
 		}
-		sleep_ms(5);
+		bt_sleep_ms(5);
 	}
 	(void)snprintf(srv->addr, sizeof(srv->addr), "nats://127.0.0.1:%d",
 		       port);
@@ -482,7 +417,7 @@ static int server_start(struct bt_server *srv, const char **why)
 	return 0;
 
 stop:
-	stop_pid(pid);
+	(void)bt_stop_server(pid, STOP_MS);
 	srv->pid = 0;
 remove:
 	remove_files(s);
@@ -495,8 +430,8 @@ static void server_stop(struct bt_server *srv)
 {
 	struct server *s = srv->priv;
 
-	if (srv->pid > 0)
-		stop_pid(srv->pid);
+	/* nats-server exits with status 1 after SIGTERM, by its design. */
+	(void)bt_stop_server(srv->pid, STOP_MS);
 	srv->pid = 0;
 	if (s)
 		remove_files(s);
@@ -822,7 +757,7 @@ static int conn_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 /* Back-pressure: wait while PENDING_MAX bytes are not yet written. */
 static int wait_drained(struct bt_conn *c)
 {
-	int64_t deadline = now_ms() + BACKPRESSURE_MS;
+	int64_t deadline = bt_now_ms() + BACKPRESSURE_MS;
 	struct timespec dl;
 	int r = 0;
 
@@ -836,7 +771,7 @@ static int wait_drained(struct bt_conn *c)
 			r = -ENOTCONN;
 			break;
 		}
-		if (now_ms() >= deadline) {
+		if (bt_now_ms() >= deadline) {
 			r = -ETIMEDOUT;
 			break;
 		}
@@ -888,17 +823,17 @@ static int conn_flush(struct bt_conn *c, int timeout_ms)
 /* Delivery is on cnats's threads: wait, and say if the connection died. */
 static int conn_pump(struct bt_conn *c, int timeout_ms)
 {
-	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	int64_t deadline = bt_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - bt_now_ms();
 
 		if (natsConnection_IsClosed(c->nc))
 			return -ENOTCONN;
 		if (left <= 0)
 			return 0;
 		/* In slices, to notice a closed connection soon enough. */
-		sleep_ms(left < 50 ? (int)left : 50);
+		bt_sleep_ms(left < 50 ? (int)left : 50);
 	}
 }
 

@@ -31,7 +31,6 @@
 #include <sys/prctl.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <hiredis.h>
@@ -82,79 +81,6 @@ struct bt_conn {
 	redisReply **pending;
 	size_t pending_head, npending, pending_cap;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int left_ms(int64_t deadline)
-{
-	int64_t d = deadline - now_ms();
-
-	if (d <= 0)
-		return 0;
-	return d > INT32_MAX ? INT32_MAX : (int)d;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {
-		.tv_sec = ms / 1000,
-		.tv_nsec = (long)(ms % 1000) * 1000000,
-	};
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-/* Returns 0 once @pid is reaped (or is not our child), -ETIMEDOUT. */
-static int reap(pid_t pid, int timeout_ms)
-{
-	int64_t deadline = now_ms() + timeout_ms;
-	int st;
-
-	for (;;) {
-		pid_t r = waitpid(pid, &st, WNOHANG);
-
-		if (r == pid || (r < 0 && errno == ECHILD))
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (now_ms() >= deadline)
-			return -ETIMEDOUT;
-		sleep_ms(2);
-	}
-}
-
-static void stop_child(pid_t pid)
-{
-	if (pid <= 0)
-		return;
-	(void)kill(pid, SIGTERM);
-	if (reap(pid, STOP_MS) == 0)
-		return;
-	(void)kill(pid, SIGKILL);
-	(void)reap(pid, STOP_MS);
-}
-
-/* Waits up to @timeout_ms (-1: no limit) for @events on @fd; returns the
- * revents, 0 on timeout, or -errno. */
-static int wait_fd(int fd, short events, int timeout_ms)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-	int r;
-
-	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
-	if (r < 0)
-		return -errno;
-	return r ? p.revents : 0;
-}
 
 /* ---- the server ---------------------------------------------------------- */
 
@@ -284,7 +210,7 @@ static int r_server_start(struct bt_server *srv, const char **why)
 		exec_server(exe, srv->dir, sock, log, parent);
 
 	/* Ready once it answers; its exit meanwhile is a failure. */
-	deadline = now_ms() + START_MS;
+	deadline = bt_now_ms() + START_MS;
 	for (;;) {
 		pid_t w = waitpid(pid, &st, WNOHANG);
 
@@ -299,11 +225,11 @@ static int r_server_start(struct bt_server *srv, const char **why)
 		}
 		if (ping(sock) == 0)
 			break;
-		if (now_ms() >= deadline) {
+		if (bt_now_ms() >= deadline) {
 			r = -ETIMEDOUT;
 			goto fail;
 		}
-		sleep_ms(5);
+		bt_sleep_ms(5);
 	}
 	srv->pid = pid;
 	srv->priv = NULL;
@@ -311,14 +237,14 @@ static int r_server_start(struct bt_server *srv, const char **why)
 	return 0;
 
 fail:
-	stop_child(pid);
+	(void)bt_stop_server(pid, STOP_MS);
 	remove_files(srv->dir);
 	return r;
 }
 
 static void r_server_stop(struct bt_server *srv)
 {
-	stop_child(srv->pid);
+	(void)bt_stop_server(srv->pid, STOP_MS);
 	srv->pid = 0;
 	remove_files(srv->dir);
 }
@@ -437,7 +363,8 @@ static int write_out(struct bt_conn *c, int64_t deadline)
 			c->unwritten = 0;
 			return 0;
 		}
-		r = wait_fd(c->pc->fd, POLLOUT | POLLIN, left_ms(deadline));
+		r = bt_wait_fd(c->pc->fd, POLLOUT | POLLIN,
+			       bt_left_ms(deadline));
 		if (r < 0)
 			return r;
 		if (r == 0)
@@ -456,7 +383,7 @@ static int wait_replies(struct bt_conn *c, size_t max, int64_t deadline)
 	int r = write_out(c, deadline);
 
 	while (r >= 0 && c->outstanding > max) {
-		r = wait_fd(c->pc->fd, POLLIN, left_ms(deadline));
+		r = bt_wait_fd(c->pc->fd, POLLIN, bt_left_ms(deadline));
 		if (r == 0)
 			return -ETIMEDOUT;
 		if (r > 0)
@@ -484,13 +411,13 @@ static int r_publish(struct bt_conn *c, const char *topic, const void *data,
 	if (++c->unwritten < WRITE_EVERY && sdslen(c->pc->obuf) < WRITE_AT)
 		return 0;
 
-	r = write_out(c, now_ms() + BLOCK_MS);
+	r = write_out(c, bt_now_ms() + BLOCK_MS);
 	if (r < 0)
 		return r;
 	if (c->outstanding > MAX_OUTSTANDING)
 		return wait_replies(c, MAX_OUTSTANDING / 2,
-				    now_ms() + BLOCK_MS);
-	if (wait_fd(c->pc->fd, POLLIN, 0) > 0)
+				    bt_now_ms() + BLOCK_MS);
+	if (bt_wait_fd(c->pc->fd, POLLIN, 0) > 0)
 		return read_replies(c);
 	return 0;
 }
@@ -501,10 +428,10 @@ static int r_flush(struct bt_conn *c, int timeout_ms)
 
 	if (!c->pc)
 		return 0;
-	r = write_out(c, now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
+	r = write_out(c, bt_now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
 	if (r < 0)
 		return r;
-	if (wait_fd(c->pc->fd, POLLIN, 0) > 0)
+	if (bt_wait_fd(c->pc->fd, POLLIN, 0) > 0)
 		return read_replies(c);
 	return 0;
 }
@@ -521,21 +448,12 @@ static bool is_message(const redisReply *rep)
 
 static int push_pending(struct bt_conn *c, redisReply *rep)
 {
-	if (c->pending_head > 0 &&
-	    c->pending_head + c->npending == c->pending_cap) {
-		memmove(c->pending, c->pending + c->pending_head,
-			c->npending * sizeof(*c->pending));
-		c->pending_head = 0;
-	}
-	if (c->pending_head + c->npending == c->pending_cap) {
-		size_t cap = c->pending_cap ? 2 * c->pending_cap : 16;
-		redisReply **p = realloc(c->pending, cap * sizeof(*p));
+	redisReply **p = bt_queue_room(c->pending, sizeof(*p), &c->pending_head,
+				       c->npending, &c->pending_cap);
 
-		if (!p)
-			return -ENOMEM;
-		c->pending = p;
-		c->pending_cap = cap;
-	}
+	if (!p)
+		return -ENOMEM;
+	c->pending = p;
 	c->pending[c->pending_head + c->npending++] = rep;
 	return 0;
 }
@@ -544,7 +462,7 @@ static int r_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 		       void *ud)
 {
 	struct rsub *s;
-	int64_t deadline = now_ms() + READY_MS;
+	int64_t deadline = bt_now_ms() + READY_MS;
 	size_t len;
 	int r;
 
@@ -581,7 +499,7 @@ static int r_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 		}
 		if (done)
 			break;
-		r = wait_fd(c->sc->fd, POLLOUT, left_ms(deadline));
+		r = bt_wait_fd(c->sc->fd, POLLOUT, bt_left_ms(deadline));
 		if (r <= 0) {
 			r = r < 0 ? r : -ETIMEDOUT;
 			goto free_topic;
@@ -597,7 +515,7 @@ static int r_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 		if (r < 0)
 			goto free_topic;
 		if (!rep) {
-			r = wait_fd(c->sc->fd, POLLIN, left_ms(deadline));
+			r = bt_wait_fd(c->sc->fd, POLLIN, bt_left_ms(deadline));
 			if (r > 0)
 				r = read_some(c->sc);
 			else if (r == 0)
@@ -666,7 +584,7 @@ static int r_pump(struct bt_conn *c, int timeout_ms)
 
 	if (!c->sc) {
 		if (timeout_ms > 0)
-			sleep_ms(timeout_ms);
+			bt_sleep_ms(timeout_ms);
 		return 0;
 	}
 	for (;;) {
@@ -692,7 +610,7 @@ static int r_pump(struct bt_conn *c, int timeout_ms)
 			continue;
 		if (n > 0 || waited || timeout_ms <= 0)
 			return n;
-		r = wait_fd(c->sc->fd, POLLIN, timeout_ms);
+		r = bt_wait_fd(c->sc->fd, POLLIN, timeout_ms);
 		if (r <= 0)
 			return r;
 		waited = true;
@@ -707,7 +625,7 @@ static void r_close(struct bt_conn *c)
 		/* Redis drops a client, and the commands it has not read yet,
 		 * when writing a reply fails: wait for every reply so that
 		 * what was published is not lost by closing. */
-		(void)wait_replies(c, 0, now_ms() + BLOCK_MS);
+		(void)wait_replies(c, 0, bt_now_ms() + BLOCK_MS);
 		redisFree(c->pc);
 	}
 	if (c->sc)

@@ -40,7 +40,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "driver.h"
@@ -60,27 +59,6 @@
 /* How long a full socket may block publish(), and subscribe()'s wait. */
 #define PUBLISH_MS 60000
 #define ACK_MS 5000
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left until @deadline; -1 (no limit) for INT64_MAX. */
-static int left(int64_t deadline)
-{
-	int64_t d;
-
-	if (deadline == INT64_MAX)
-		return -1;
-	d = deadline - now_ms();
-	if (d <= 0)
-		return 0;
-	return d > INT32_MAX ? INT32_MAX : (int)d;
-}
 
 static uint32_t frame_len(const unsigned char *p)
 {
@@ -524,7 +502,7 @@ static int push(struct bt_conn *c, int64_t deadline)
 			c->err = -errno;
 			return c->err;
 		}
-		r = poll(&pf, 1, left(deadline));
+		r = poll(&pf, 1, bt_left_ms(deadline));
 		if (r < 0 && errno != EINTR) {
 			c->err = -errno;
 			return c->err;
@@ -647,7 +625,7 @@ static int x_pump(struct bt_conn *c, int timeout_ms)
 static int x_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 		       void *ud)
 {
-	int64_t deadline = now_ms() + ACK_MS;
+	int64_t deadline = bt_now_ms() + ACK_MS;
 	unsigned want = c->acks + 1;
 	int r;
 
@@ -662,9 +640,9 @@ static int x_subscribe(struct bt_conn *c, const char *topic, bt_recv_fn fn,
 	if (r == 0)
 		r = push(c, deadline);
 	while (r >= 0 && c->acks < want) {
-		if (now_ms() >= deadline)
+		if (bt_now_ms() >= deadline)
 			return -ETIMEDOUT;
-		r = x_pump(c, left(deadline));
+		r = x_pump(c, bt_left_ms(deadline));
 	}
 	return r < 0 ? r : 0;
 }
@@ -681,7 +659,7 @@ static int x_publish(struct bt_conn *c, const char *topic, const void *data,
 		return -EMSGSIZE;
 	/* A full batch goes out first; on failure this event is not taken. */
 	if (c->wlen && c->wlen + 4 + len > BATCH) {
-		r = push(c, now_ms() + PUBLISH_MS);
+		r = push(c, bt_now_ms() + PUBLISH_MS);
 		if (r < 0)
 			return r;
 	}
@@ -692,7 +670,7 @@ static int x_flush(struct bt_conn *c, int timeout_ms)
 {
 	if (c->err)
 		return c->err;
-	return push(c, timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms);
+	return push(c, timeout_ms < 0 ? INT64_MAX : bt_now_ms() + timeout_ms);
 }
 
 static void x_close(struct bt_conn *c)

@@ -50,8 +50,6 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -118,64 +116,6 @@ struct bt_conn {
  * context per process is how ZeroMQ is meant to be used). */
 static void *client_ctx;
 static unsigned client_refs;
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	(void)clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int left_ms(int64_t deadline)
-{
-	int64_t d = deadline - now_ms();
-
-	if (d <= 0)
-		return 0;
-	return d > INT32_MAX ? INT32_MAX : (int)d;
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {
-		.tv_sec = ms / 1000,
-		.tv_nsec = (long)(ms % 1000) * 1000000,
-	};
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-/* Returns 0 once @pid is reaped (or is not our child), -ETIMEDOUT. */
-static int reap(pid_t pid, int timeout_ms)
-{
-	int64_t deadline = now_ms() + timeout_ms;
-	int st;
-
-	for (;;) {
-		pid_t r = waitpid(pid, &st, WNOHANG);
-
-		if (r == pid || (r < 0 && errno == ECHILD))
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-		if (now_ms() >= deadline)
-			return -ETIMEDOUT;
-		sleep_ms(2);
-	}
-}
-
-static void stop_child(pid_t pid)
-{
-	if (pid <= 0)
-		return;
-	(void)kill(pid, SIGTERM);
-	if (reap(pid, STOP_MS) == 0)
-		return;
-	(void)kill(pid, SIGKILL);
-	(void)reap(pid, STOP_MS);
-}
 
 static int set_int(void *s, int opt, int v)
 {
@@ -444,11 +384,11 @@ static int z_server_start(struct bt_server *srv, const char **why)
 	(void)close(fds[1]);
 
 	/* Wait for the proxy to report its sockets bound. */
-	deadline = now_ms() + START_MS;
+	deadline = bt_now_ms() + START_MS;
 	for (;;) {
 		struct pollfd p = { .fd = fds[0], .events = POLLIN };
 
-		r = poll(&p, 1, left_ms(deadline));
+		r = poll(&p, 1, bt_left_ms(deadline));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
@@ -484,14 +424,14 @@ static int z_server_start(struct bt_server *srv, const char **why)
 
 fail:
 	(void)close(fds[0]);
-	stop_child(pid);
+	(void)bt_stop_server(pid, STOP_MS);
 	remove_files(srv->dir);
 	return r;
 }
 
 static void z_server_stop(struct bt_server *srv)
 {
-	stop_child(srv->pid);
+	(void)bt_stop_server(srv->pid, STOP_MS);
 	srv->pid = 0;
 	remove_files(srv->dir);
 }
@@ -634,13 +574,13 @@ static int hear(struct bt_conn *c, int timeout_ms)
 /* Waits until some subscription for @key is known to c->up. */
 static int wait_known(struct bt_conn *c, const char *key, size_t len)
 {
-	int64_t deadline = now_ms() + READY_MS;
+	int64_t deadline = bt_now_ms() + READY_MS;
 	int r = hear(c, 0);
 
 	while (r >= 0 && !is_known(c, key, len)) {
-		if (now_ms() >= deadline)
+		if (bt_now_ms() >= deadline)
 			return -ETIMEDOUT;
-		r = hear(c, left_ms(deadline));
+		r = hear(c, bt_left_ms(deadline));
 	}
 	return r < 0 ? r : 0;
 }
@@ -717,23 +657,13 @@ static int init_zmsg(struct zmsg *m)
 /* Moves @m to the end of c->pending. */
 static int push_pending(struct bt_conn *c, struct zmsg *m)
 {
+	struct zmsg *p = bt_queue_room(c->pending, sizeof(*p), &c->pending_head,
+				       c->npending, &c->pending_cap);
 	struct zmsg *slot;
 
-	if (c->pending_head > 0 &&
-	    c->pending_head + c->npending == c->pending_cap) {
-		memmove(c->pending, c->pending + c->pending_head,
-			c->npending * sizeof(*c->pending));
-		c->pending_head = 0;
-	}
-	if (c->pending_head + c->npending == c->pending_cap) {
-		size_t cap = c->pending_cap ? 2 * c->pending_cap : 16;
-		struct zmsg *p = realloc(c->pending, cap * sizeof(*p));
-
-		if (!p)
-			return -ENOMEM;
-		c->pending = p;
-		c->pending_cap = cap;
-	}
+	if (!p)
+		return -ENOMEM;
+	c->pending = p;
 	slot = &c->pending[c->pending_head + c->npending];
 	if (init_zmsg(slot) < 0)
 		return -ENOMEM;
@@ -750,14 +680,14 @@ static int push_pending(struct bt_conn *c, struct zmsg *m)
  * kept for pump(). */
 static int wait_ack(struct bt_conn *c, const char *mark, size_t mark_len)
 {
-	int64_t deadline = now_ms() + READY_MS;
+	int64_t deadline = bt_now_ms() + READY_MS;
 	struct zmsg m;
 	int r = init_zmsg(&m);
 
 	if (r < 0)
 		return r;
 	while (r >= 0) {
-		int left = left_ms(deadline);
+		int left = bt_left_ms(deadline);
 
 		if (left == 0) {
 			r = -ETIMEDOUT;
@@ -926,7 +856,7 @@ static int z_pump(struct bt_conn *c, int timeout_ms)
 {
 	if (!c->down) {
 		if (timeout_ms > 0)
-			sleep_ms(timeout_ms);
+			bt_sleep_ms(timeout_ms);
 		return 0;
 	}
 	return deliver(c, timeout_ms);
