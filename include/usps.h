@@ -13,6 +13,11 @@
  * - Strings are UTF-8. Arguments are copied unless said otherwise.
  * - Each usps handle runs one I/O thread and one delivery thread. Handlers
  *   are called on the delivery thread, one at a time, in arrival order.
+ *   While a client handle has nothing to deliver, its delivery thread reads
+ *   the broker connection itself (a thread wake-up less per event); a
+ *   handler that runs longer than a few milliseconds hands reading back to
+ *   the I/O thread, so a slow or blocked handler never stops its process
+ *   reading.
  * - Every function is thread-safe unless its comment says otherwise.
  */
 #ifndef USPS_H

@@ -141,12 +141,27 @@ static int next_timeout(usps *ps)
 	return t > 60000 ? 60000 : (int)t;
 }
 
+/* Is @h one of the handle's own registrations (never freed in a turn)? */
+static bool own_ioh(const usps *ps, const struct ioh *h)
+{
+	return h == &ps->wake_ioh || h == &ps->conn_ioh || h == &ps->ino_ioh ||
+	       h == &ps->lst[0].ioh || h == &ps->lst[1].ioh;
+}
+
 static void turn(usps *ps, struct epoll_event *evs, int n)
 {
+	uint64_t gen = ps->role_gen;
+
 	for (int i = 0; i < n; i++) {
 		struct ioh *h = evs[i].data.ptr;
 		uint32_t e = evs[i].events;
 
+		/* Stepping down (the watchdog, on an inotify event) frees the
+		 * peers that later events of this batch may point at: once the
+		 * role changed, look only at our own registrations; a peer's
+		 * socket that is still open is reported again. */
+		if (ps->role_gen != gen && !own_ioh(ps, h))
+			continue;
 		switch (h->kind) {
 		case IOH_WAKE: {
 			uint64_t v;
