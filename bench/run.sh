@@ -249,7 +249,7 @@ best_peer() {
 
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "none")
 [[ -n $(git -C "$root" status --porcelain --untracked-files=no -- src include \
-	bench 2>/dev/null) ]] && commit="$commit (modified since)"
+	bench ':!bench/results' 2>/dev/null) ]] && commit="$commit (modified since)"
 
 targets_rows=()
 target() { # what, measured, ok|no
