@@ -47,6 +47,7 @@ static size_t class_size(unsigned cls)
 	return (size_t)1 << (cls + DL_MIN_SHIFT);
 }
 
+/* An event of @size bytes in all, its header zeroed. */
 static struct dl_event *ev_alloc(usps *ps, size_t size)
 {
 	unsigned cls = 0;
@@ -62,8 +63,10 @@ static struct dl_event *ev_alloc(usps *ps, size_t size)
 	} else {
 		e = malloc(class_size(cls));
 	}
-	if (e)
+	if (e) {
+		memset(e, 0, sizeof(*e));
 		e->cls = (uint8_t)cls;
+	}
 	return e;
 }
 
@@ -160,12 +163,6 @@ static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 	e = ev_alloc(ps, sizeof(*e) + room);
 	if (!e)
 		return NULL;
-	{
-		uint8_t cls = e->cls;
-
-		memset(e, 0, sizeof(*e));
-		e->cls = cls;
-	}
 	atomic_init(&e->refs, 0);
 	e->bytes = len;
 	memcpy(e->buf, line, len);

@@ -29,14 +29,29 @@ int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
 	return 0;
 }
 
-void usps__engine_wake(usps *ps)
+static void write_one(int fd)
 {
 	uint64_t one = 1;
 
+	while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		;
+}
+
+static bool read_one(int fd)
+{
+	uint64_t v;
+	ssize_t n;
+
+	while ((n = read(fd, &v, sizeof(v))) < 0 && errno == EINTR)
+		;
+	return n == (ssize_t)sizeof(v);
+}
+
+void usps__engine_wake(usps *ps)
+{
 	if (atomic_exchange(&ps->wake_pending, true))
 		return;
-	while (write(ps->wakefd, &one, sizeof(one)) < 0 && errno == EINTR)
-		;
+	write_one(ps->wakefd);
 }
 
 void usps__engine_set_role(usps *ps, enum role role)
@@ -163,15 +178,10 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 		if (ps->role_gen != gen && !own_ioh(ps, h))
 			continue;
 		switch (h->kind) {
-		case IOH_WAKE: {
-			uint64_t v;
-
+		case IOH_WAKE:
 			atomic_store(&ps->wake_pending, false);
-			while (read(ps->wakefd, &v, sizeof(v)) < 0 &&
-			       errno == EINTR)
-				;
+			(void)read_one(ps->wakefd);
 			break;
-		}
 		case IOH_LISTEN: {
 			struct listener *l = (struct listener *)h;
 
@@ -217,24 +227,6 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 	usps__dl_commit(ps);
 	if (ps->flush_waiters)
 		pthread_cond_broadcast(&ps->cond);
-}
-
-static void write_one(int fd)
-{
-	uint64_t one = 1;
-
-	while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR)
-		;
-}
-
-static bool read_one(int fd)
-{
-	uint64_t v;
-	ssize_t n;
-
-	while ((n = read(fd, &v, sizeof(v))) < 0 && errno == EINTR)
-		;
-	return n == (ssize_t)sizeof(v);
 }
 
 /* Polling goes back to the I/O thread (ps->lock held). */

@@ -283,9 +283,9 @@ void usps__engine_wake(usps *ps);
  * wake-up in this process instead of two (I/O thread, then delivery
  * thread). ps->poller says who polls; the other one waits. The I/O
  * thread, parked, takes polling back when a handler runs longer than
- * USPS__DL_GUARD_MS (to twice that), and the delivery thread gives it back when a read
- * brings a batch (both threads then work in parallel) or the handle stops
- * being a client. See engine.c.
+ * USPS__DL_GUARD_MS (to twice that), and the delivery thread gives it back
+ * when a read brings a batch (both threads then work in parallel) or the
+ * handle stops being a client. See engine.c.
  */
 enum {
 	USPS__POLL_IO,

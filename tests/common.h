@@ -79,11 +79,11 @@ static inline void col_handler(const usps_event *ev, usps_delivery *d, void *ud)
 	}
 }
 
-/* Wait until @c has at least @n events; returns the count then. */
-static inline int col_wait(struct col *c, int n, int timeout_ms)
+/* The CLOCK_REALTIME time @timeout_ms from now, for
+ * pthread_cond_timedwait() on a default condition variable. */
+static inline struct timespec deadline_ts(int timeout_ms)
 {
 	struct timespec ts;
-	int got;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += timeout_ms / 1000;
@@ -92,6 +92,15 @@ static inline int col_wait(struct col *c, int n, int timeout_ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000;
 	}
+	return ts;
+}
+
+/* Wait until @c has at least @n events; returns the count then. */
+static inline int col_wait(struct col *c, int n, int timeout_ms)
+{
+	struct timespec ts = deadline_ts(timeout_ms);
+	int got;
+
 	pthread_mutex_lock(&c->mu);
 	while (c->n < n)
 		if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT)

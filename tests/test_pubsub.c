@@ -492,21 +492,13 @@ static void stuck_handler(const usps_event *ev, usps_delivery *d, void *ud)
 /* Wait until @st has run @n handlers (or, n == 0, one is blocked). */
 static bool stuck_wait(struct stuck *st, int n, int timeout_ms)
 {
-	int64_t end = harness_now_ms() + timeout_ms;
+	struct timespec ts = deadline_ts(timeout_ms);
 	bool ok;
 
 	pthread_mutex_lock(&st->mu);
-	while (!(n ? st->n >= n : st->entered) && harness_now_ms() < end) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 10 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&st->cv, &st->mu, &ts);
-	}
+	while (!(n ? st->n >= n : st->entered))
+		if (pthread_cond_timedwait(&st->cv, &st->mu, &ts) == ETIMEDOUT)
+			break;
 	ok = n ? st->n >= n : st->entered;
 	pthread_mutex_unlock(&st->mu);
 	return ok;
