@@ -50,6 +50,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		free(t);
 	}
+	/* The head from the parse equals the one from the spans alone. */
+	if (usps__wire_put_event_head(&b, f.topic, f.event, uuid,
+				      1700000000000) == 0) {
+		struct usps__buf b2 = { 0 };
+
+		if (usps__wire_put_frame_head(&b2, &f, uuid, 1700000000000) ==
+			    0 &&
+		    (b2.len != b.len || memcmp(b2.p, b.p, b.len) != 0))
+			abort();
+		usps__buf_free(&b2);
+	}
+	b.len = 0;
 	/* As the broker stamps a publish, and acks a membership. */
 	if (usps__wire_put_event_head(
 		    &b, f.topic.n ? f.topic : (struct usps__span){ "\"t\"", 3 },

@@ -3,9 +3,10 @@
  * The broker: accepted peers, the routing index (topic -> fan-out members
  * and consumer groups), and per-peer write queues with their byte cap.
  *
- * Each publish is stamped and encoded once; the fan-out frame is one chunk
- * shared by every receiving queue, and each group gets one chunk for its
- * chosen member. The broker itself takes part as the peer "self" (id 0, no
+ * Each publish is stamped and encoded once, the fan-out frame and each
+ * group's frame for its chosen member. A small frame is then copied to the
+ * end of each receiver's queue, a large one queued as one chunk shared by
+ * every receiver (frame.h, USPS__WQ_COPY_MAX). The broker itself takes part as the peer "self" (id 0, no
  * fd): its own subscriptions are memberships like any other, so that it is
  * first in every group's member list, as Mastra's broker is.
  */
@@ -362,22 +363,48 @@ static void mark_dirty(usps *ps, struct peer *p)
 static void peer_flush(usps *ps, struct peer *p);
 
 /*
- * Queue @c to @p. The cap is on bytes not yet written, so a queue about to
+ * One frame on its way to its receivers: its bytes, and the chunk they
+ * share once one receiver needs it (large frames only; see
+ * USPS__WQ_COPY_MAX). out_done() drops the chunk.
+ */
+struct out {
+	const char *p;
+	size_t n;
+	struct usps__chunk *c;
+};
+
+static int out_queue(struct peer *p, struct out *o)
+{
+	if (o->n <= USPS__WQ_COPY_MAX)
+		return usps__wq_put(&p->wq, o->p, o->n);
+	if (!o->c && !(o->c = usps__chunk_new(o->p, o->n)))
+		return -ENOMEM;
+	return usps__wq_push(&p->wq, o->c);
+}
+
+static void out_done(struct out *o)
+{
+	usps__chunk_unref(o->c);
+	o->c = NULL;
+}
+
+/*
+ * Queue @o to @p. The cap is on bytes not yet written, so a queue about to
  * pass it is written out first; a peer still over it has stopped reading:
  * drop it.
  */
-static void peer_send(usps *ps, struct peer *p, struct usps__chunk *c)
+static void peer_send(usps *ps, struct peer *p, struct out *o)
 {
 	uint64_t cap = ps->opt.max_client_queued_bytes;
 
 	if (p->dead)
 		return;
-	if (p->wq.queued_bytes + c->len > cap) {
+	if (p->wq.queued_bytes + o->n > cap) {
 		peer_flush(ps, p);
 		if (p->dead)
 			return;
 	}
-	if (p->wq.queued_bytes + c->len > cap || usps__wq_push(&p->wq, c) < 0) {
+	if (p->wq.queued_bytes + o->n > cap || out_queue(p, o) < 0) {
 		peer_kill(ps, p);
 		return;
 	}
@@ -449,38 +476,40 @@ void usps__broker_flush_dirty(usps *ps)
 
 /* ---- routing ---- */
 
-/* Deliver the frame in chunk @c to the broker's own subscriptions. */
-static void self_deliver(usps *ps, struct usps__chunk *c)
+/* Deliver the frame @o to the broker's own subscriptions. */
+static void self_deliver(usps *ps, const struct out *o)
 {
 	struct usps__frame f;
-	size_t n = c->len - 1; /* without '\n' */
+	size_t n = o->n - 1; /* without '\n' */
 
-	if (usps__wire_parse(c->data, n, &f) == 0)
-		(void)usps__deliver_line(ps, c->data, n, &f);
+	if (usps__wire_parse(o->p, n, &f) == 0)
+		(void)usps__deliver_line(ps, o->p, n, &f);
 }
 
-static void send_to(usps *ps, struct peer *p, struct usps__chunk *c)
+static void send_to(usps *ps, struct peer *p, struct out *o)
 {
 	if (p == &ps->self)
-		self_deliver(ps, c);
+		self_deliver(ps, o);
 	else
-		peer_send(ps, p, c);
+		peer_send(ps, p, o);
 }
 
-/* A chunk of the head in ps->scratch[0..head) plus @tail. */
-static struct usps__chunk *make_chunk(usps *ps, size_t head,
-				      struct usps__span group)
+/*
+ * The frame of the head in ps->scratch[0..head) plus the tail for @group,
+ * built in ps->scratch after the head: valid until the next make_out().
+ * 0 or -ENOMEM.
+ */
+static int make_out(usps *ps, size_t head, struct usps__span group,
+		    struct out *o)
 {
-	struct usps__chunk *c = NULL;
 	int r;
 
 	ps->scratch.len = head;
 	r = group.n ? usps__wire_put_group_tail(&ps->scratch, group)
 		    : usps__buf_put(&ps->scratch, "}\n", 2);
-	if (r == 0)
-		c = usps__chunk_new(ps->scratch.p, ps->scratch.len);
+	*o = (struct out){ ps->scratch.p, ps->scratch.len, NULL };
 	ps->scratch.len = head;
-	return c;
+	return r;
 }
 
 static bool is_member(struct peer **arr, size_t n, const struct peer *p)
@@ -496,8 +525,8 @@ void usps__broker_publish(usps *ps, struct peer *from,
 {
 	char small[256], *topic = small;
 	struct usps__buf gname = { 0 };
-	struct usps__chunk *c;
 	struct btopic *t;
+	struct out o;
 	char uuid[37];
 	size_t tlen, head;
 
@@ -516,8 +545,8 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	if (usps__uuid4(&ps->uuid, uuid) < 0)
 		goto out;
 	ps->scratch.len = 0;
-	if (usps__wire_put_event_head(&ps->scratch, f->topic, f->event, uuid,
-				      usps__wall_ms()) < 0)
+	if (usps__wire_put_frame_head(&ps->scratch, f, uuid, usps__wall_ms()) <
+	    0)
 		goto out;
 	head = ps->scratch.len;
 
@@ -526,25 +555,23 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		 * echo to the sender only (spec §2.2). */
 		if (!t->nfan)
 			goto out;
-		c = make_chunk(ps, head, (struct usps__span){ 0 });
-		if (!c)
+		if (make_out(ps, head, (struct usps__span){ 0 }, &o) < 0)
 			goto out;
 		if (is_member(t->fan, t->nfan, &ps->self))
-			self_deliver(ps, c);
+			self_deliver(ps, &o);
 		if (from != &ps->self && is_member(t->fan, t->nfan, from))
-			peer_send(ps, from, c);
-		usps__chunk_unref(c);
+			peer_send(ps, from, &o);
+		out_done(&o);
 		goto out;
 	}
 	if (t->nfan) {
-		c = make_chunk(ps, head, (struct usps__span){ 0 });
-		if (!c)
+		if (make_out(ps, head, (struct usps__span){ 0 }, &o) < 0)
 			goto out;
 		/* send_to may drop peers (marked dead, freed later), and the
 		 * broker's handlers never run here, so t stays valid. */
 		for (size_t i = 0; i < t->nfan; i++)
-			send_to(ps, t->fan[i], c);
-		usps__chunk_unref(c);
+			send_to(ps, t->fan[i], &o);
+		out_done(&o);
 	}
 	for (size_t i = 0; i < t->ngroups; i++) {
 		struct bgroup *g = t->groups[i];
@@ -568,12 +595,11 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		gname.len = 0;
 		if (usps__json_put_string(&gname, g->name, g->len) < 0)
 			continue;
-		c = make_chunk(ps, head,
-			       (struct usps__span){ gname.p, gname.len });
-		if (!c)
+		if (make_out(ps, head,
+			     (struct usps__span){ gname.p, gname.len }, &o) < 0)
 			continue;
-		send_to(ps, p, c);
-		usps__chunk_unref(c);
+		send_to(ps, p, &o);
+		out_done(&o);
 	}
 out:
 	usps__buf_free(&gname);
@@ -587,7 +613,7 @@ static void send_ack(usps *ps, struct peer *p, const struct usps__frame *f,
 		     bool unsub)
 {
 	struct usps__span group = f->group;
-	struct usps__chunk *c;
+	struct out o;
 
 	/* The ack echoes "group" unless it was absent or undefined. */
 	if (f->group_kind == USPS__OPT_UNDEFINED)
@@ -595,11 +621,9 @@ static void send_ack(usps *ps, struct peer *p, const struct usps__frame *f,
 	ps->scratch.len = 0;
 	if (usps__wire_put_ack(&ps->scratch, unsub, f->topic, group) < 0)
 		return;
-	c = usps__chunk_new(ps->scratch.p, ps->scratch.len);
-	if (!c)
-		return;
-	peer_send(ps, p, c);
-	usps__chunk_unref(c);
+	o = (struct out){ ps->scratch.p, ps->scratch.len, NULL };
+	peer_send(ps, p, &o);
+	out_done(&o);
 }
 
 static void membership(usps *ps, struct peer *p, const struct usps__frame *f,
@@ -637,7 +661,7 @@ ack:
 /* Answer a "usps.status" request (clients other than the asker). */
 static void send_status(usps *ps, struct peer *p)
 {
-	struct usps__chunk *c;
+	struct out o;
 	char iso[32], line[384];
 	int n;
 
@@ -651,11 +675,9 @@ static void send_status(usps *ps, struct peer *p)
 		     (long long)ps->broker_since_ms, iso, USPS_VERSION_STRING);
 	if (n < 0 || (size_t)n >= sizeof(line))
 		return;
-	c = usps__chunk_new(line, (size_t)n);
-	if (!c)
-		return;
-	peer_send(ps, p, c);
-	usps__chunk_unref(c);
+	o = (struct out){ line, (size_t)n, NULL };
+	peer_send(ps, p, &o);
+	out_done(&o);
 }
 
 static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)

@@ -359,25 +359,12 @@ static void *io_main(void *arg)
 	return NULL;
 }
 
-/* A read that brings this many deliveries means load: reading and
- * handling then go on in parallel, on two threads, for a pause that
- * doubles while the load lasts (each switch costs a few wake-ups). */
-#define DL_POLL_BATCH 64
-#define DL_POLL_PAUSE_MIN_MS 2
-#define DL_POLL_PAUSE_MAX_MS 128
-
 bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 {
 	struct epoll_event evs[64];
-	uint64_t before;
 	bool queued;
 	int n;
 
-	if (ps->dl_poll_after_ms && atomic_load(&ps->poller) != USPS__POLL_DL) {
-		if (usps__now_ms() < ps->dl_poll_after_ms)
-			return false;
-		ps->dl_poll_after_ms = 0;
-	}
 	pthread_mutex_lock(&ps->lock);
 	if (!dl_may_poll(ps)) {
 		give_back(ps);
@@ -411,22 +398,9 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 	/* Polling may have been taken back meanwhile: these events are
 	 * then the I/O thread's to see again (they are level-triggered). */
 	if (atomic_load(&ps->poller) == USPS__POLL_DL && !ps->stopping) {
-		before = ps->dq_enq;
 		turn(ps, evs, n < 0 ? 0 : n);
-		if (!dl_may_poll(ps)) {
+		if (!dl_may_poll(ps))
 			give_back(ps);
-		} else if (ps->dq_enq - before >= DL_POLL_BATCH) {
-			give_back(ps);
-			ps->dl_poll_pause_ms =
-				ps->dl_poll_pause_ms ? ps->dl_poll_pause_ms * 2
-						     : DL_POLL_PAUSE_MIN_MS;
-			if (ps->dl_poll_pause_ms > DL_POLL_PAUSE_MAX_MS)
-				ps->dl_poll_pause_ms = DL_POLL_PAUSE_MAX_MS;
-			ps->dl_poll_after_ms =
-				usps__now_ms() + ps->dl_poll_pause_ms;
-		} else if (ps->dq_enq != before) {
-			ps->dl_poll_pause_ms = 0;
-		}
 	}
 	pthread_mutex_unlock(&ps->lock);
 	return true;

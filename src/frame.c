@@ -12,7 +12,9 @@
  *
  * Out: reference-counted chunks (one event frame built once, shared by every
  * receiver) queued per fd in a ring and written with one sendmsg(2) of up to
- * WQ_IOV iovecs at a time. sendmsg() rather than writev() so that
+ * WQ_IOV iovecs at a time. Small frames are copied instead into a chunk of
+ * the queue's own that they fill one after another, so that a stream of
+ * them costs neither a malloc() nor an iovec each. sendmsg() rather than writev() so that
  * MSG_NOSIGNAL keeps a vanished peer from raising SIGPIPE.
  */
 #define _GNU_SOURCE
@@ -35,6 +37,9 @@
 
 /* First ring size of a write queue. */
 #define WQ_MIN_CAP ((size_t)16)
+/* The chunk a queue copies small frames into (usps__wq_put): 32 KiB with
+ * its header, a few hundred frames. */
+#define WQ_TAIL ((size_t)32 * 1024 - sizeof(struct usps__chunk))
 
 /* Chunks per sendmsg(2). */
 #if defined(IOV_MAX) && IOV_MAX < 1024
@@ -265,7 +270,7 @@ struct usps__chunk *usps__chunk_new(const void *p, size_t n)
 	if (!c)
 		return NULL;
 	c->refs = 1;
-	c->len = n;
+	c->len = c->cap = n;
 	if (n)
 		memcpy(c->data, p, n);
 	return c;
@@ -337,6 +342,38 @@ int usps__wq_push(struct usps__wq *q, struct usps__chunk *c)
 	q->count++;
 	q->queued_bytes += c->len;
 	q->pushed_total += c->len;
+	return 0;
+}
+
+int usps__wq_put(struct usps__wq *q, const void *p, size_t n)
+{
+	struct usps__chunk *t = NULL;
+
+	if (!n)
+		return 0;
+	if (q->count)
+		t = q->ents[(q->head + q->count - 1) & (q->cap - 1)].c;
+	/* Only a chunk no other queue shares may grow. */
+	if (!t || t->refs != 1 || t->cap - t->len < n) {
+		size_t cap = n > WQ_TAIL ? n : WQ_TAIL;
+		int r;
+
+		if (cap > SIZE_MAX - sizeof(*t))
+			return -ENOMEM;
+		t = malloc(sizeof(*t) + cap);
+		if (!t)
+			return -ENOMEM;
+		*t = (struct usps__chunk){ .refs = 0, .len = 0, .cap = cap };
+		r = usps__wq_push(q, t); /* the queue's is the only ref */
+		if (r < 0) {
+			free(t);
+			return r;
+		}
+	}
+	memcpy(t->data + t->len, p, n);
+	t->len += n;
+	q->queued_bytes += n;
+	q->pushed_total += n;
 	return 0;
 }
 

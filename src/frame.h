@@ -65,6 +65,7 @@ size_t usps__reader_pending(const struct usps__reader *r);
 struct usps__chunk {
 	uint32_t refs; /* touched only by the I/O thread */
 	size_t len;
+	size_t cap; /* bytes data[] holds: > len only in a queue's own tail */
 	char data[];
 };
 
@@ -92,6 +93,19 @@ void usps__wq_init(struct usps__wq *q);
 void usps__wq_free(struct usps__wq *q);
 /* Queue @c, taking a new reference to it. 0 or -ENOMEM (no ref taken). */
 int usps__wq_push(struct usps__wq *q, struct usps__chunk *c);
+/*
+ * Frames up to this size are cheaper copied than shared: a copy into the
+ * queue's own tail chunk (usps__wq_put) costs less than a chunk's malloc,
+ * and the queue then goes out in a few large iovecs instead of one per
+ * frame.
+ */
+#define USPS__WQ_COPY_MAX ((size_t)1024)
+/*
+ * usps__wq_put() - queue a copy of @p[0..n), appended to the queue's last
+ * chunk if that one is the queue's own and has room, else in a new one of
+ * USPS__WQ_TAIL bytes (or @n if larger). 0 or -ENOMEM (nothing queued).
+ */
+int usps__wq_put(struct usps__wq *q, const void *p, size_t n);
 static inline bool usps__wq_empty(const struct usps__wq *q)
 {
 	return q->count == 0;

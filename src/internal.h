@@ -284,8 +284,10 @@ void usps__engine_wake(usps *ps);
  * thread). ps->poller says who polls; the other one waits. The I/O
  * thread, parked, takes polling back when a handler runs longer than
  * USPS__DL_GUARD_MS (to twice that), and the delivery thread gives it back
- * when a read brings a batch (both threads then work in parallel) or the
- * handle stops being a client. See engine.c.
+ * when the handle stops being a client or stops reading. Under load it
+ * keeps polling: reading and handling on one thread cost less CPU than on
+ * two, and on a small machine the other core is busy with the broker and
+ * the publishers (bench/). See engine.c.
  */
 enum {
 	USPS__POLL_IO,
@@ -338,10 +340,8 @@ struct usps {
 	atomic_uint_fast64_t dl_batch;	  /* handler runs begun while polling */
 	atomic_bool guard_armed;	  /* the guard timer is set */
 	atomic_uint_fast64_t guard_batch; /* the run it was set for */
-	int parkfd;		  /* eventfd: wakes the parked I/O thread */
-	int guardfd;		  /* timerfd: a handler runs too long */
-	int64_t dl_poll_after_ms; /* delivery thread only: after a batch */
-	int64_t dl_poll_pause_ms; /* delivery thread only */
+	int parkfd;  /* eventfd: wakes the parked I/O thread */
+	int guardfd; /* timerfd: a handler runs too long */
 
 	/* election and broker tenure */
 	int lockfd; /* open always; flock held while broker */

@@ -486,8 +486,7 @@ static int publish_local(usps *ps, const struct usps__buf *b)
 	r = usps__uuid4(&ps->uuid_local, uuid);
 	if (r < 0)
 		goto out;
-	r = usps__wire_put_event_head(&ev, f.topic, f.event, uuid,
-				      usps__wall_ms());
+	r = usps__wire_put_frame_head(&ev, &f, uuid, usps__wall_ms());
 	if (r < 0)
 		goto out;
 	head = ev.len;

@@ -1046,6 +1046,71 @@ TEST(wq_partial_chunk)
 }
 
 /*
+ * Small frames copied into the queue's own tail: they coalesce into few
+ * entries, never into a chunk that is shared (or was made by chunk_new),
+ * and the bytes come out in order across partial writes and appends to a
+ * half-written tail.
+ */
+TEST(wq_put_coalesces)
+{
+	struct bytes got = { 0 }, want = { 0 };
+	int sv[2] = { -1, -1 };
+	int sndbuf = 16 * 1024;
+	struct usps__chunk *c;
+	struct usps__wq q;
+	char frame[200];
+	int r, rounds = 0;
+
+	MUST(make_pair(sv));
+	CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf,
+			 sizeof(sndbuf)) == 0);
+	usps__wq_init(&q);
+	CHECK_EQ_INT(usps__wq_put(&q, "x", 0), 0);
+	CHECK_EQ_INT(q.count, 0);
+	c = usps__chunk_new("shared\n", 7);
+	REQUIRE(c);
+	for (int i = 0; i < 3000; i++) {
+		int n = snprintf(frame, sizeof(frame), "frame %d %.*s\n", i,
+				 i % 150,
+				 "abcdefghijklmnopqrstuvwxyzabcdefghij"
+				 "abcdefghijklmnopqrstuvwxyzabcdefghij"
+				 "abcdefghijklmnopqrstuvwxyzabcdefghij"
+				 "abcdefghijklmnopqrstuvwxyzabcdefghij"
+				 "abcdefghijklmnopqrstuvwxyz");
+
+		CHECK_EQ_INT(usps__wq_put(&q, frame, (size_t)n), 0);
+		bytes_put(&want, frame, (size_t)n);
+		if (i % 1000 == 500) {
+			/* Shared with the test: appends must not touch it. */
+			CHECK_EQ_INT(usps__wq_push(&q, c), 0);
+			bytes_put(&want, "shared\n", 7);
+		}
+		if (i % 97 == 0 && usps__wq_flush(&q, sv[0]) == -EAGAIN)
+			CHECK(read_ready(sv[1], &got) > 0);
+		CHECK_EQ_INT(wq_unwritten(&q), q.queued_bytes);
+	}
+	/* ~250 kB in 32 kB tails, plus the shared chunks between them. */
+	CHECK(q.count < 32);
+	CHECK_EQ_INT(c->len, 7);
+	while ((r = usps__wq_flush(&q, sv[0])) == -EAGAIN) {
+		CHECK(read_ready(sv[1], &got) > 0);
+		if (++rounds > 100000 || harness_cur_failed)
+			break;
+	}
+	CHECK_EQ_INT(r, 0);
+	CHECK(read_ready(sv[1], &got) >= 0);
+	CHECK_EQ_INT(got.len, want.len);
+	CHECK(got.len == want.len && memcmp(got.p, want.p, want.len) == 0);
+	CHECK_EQ_INT(q.pushed_total, want.len);
+	CHECK_EQ_INT(c->refs, 1);
+	usps__chunk_unref(c);
+	usps__wq_free(&q);
+	close_pair(sv);
+	bytes_free(&got);
+	bytes_free(&want);
+}
+
+/*
  * A closed peer: -EPIPE, and no SIGPIPE. SIGPIPE is blocked meanwhile so a
  * regression shows as a failed check (a pending signal), not a dead test.
  */
@@ -1176,6 +1241,7 @@ int main(void)
 	RUN(wq_ring_wraps_and_grows);
 	RUN(wq_full_socket_then_drain);
 	RUN(wq_partial_chunk);
+	RUN(wq_put_coalesces);
 	RUN(wq_closed_peer);
 	RUN(wq_shared_chunk);
 	RUN(wq_free_drops_refs);

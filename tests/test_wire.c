@@ -1441,6 +1441,58 @@ TEST(event_head_spec)
 	usps__buf_free(&b);
 }
 
+/* The head built from a parsed frame equals the one from its spans, for
+ * events with and without stamped keys, in every shape. */
+TEST(frame_head_equals_event_head)
+{
+	static const char *const events[] = {
+		"{\"type\":\"hello\",\"data\":{\"msg\":\"hi\"}}",
+		"{}",
+		"{ }",
+		"{ \"a\" : 1 ,\t\"b\":[1,{\"id\":2}] }",
+		"{\"id\":\"mine\",\"a\":1}",
+		"{\"a\":1,\"createdAt\":\"x\"}",
+		"{\"deliveryAttempt\":9}",
+		"{\"i\\u0064\":1,\"a\":2}",
+		"{\"a\":1,\"a\":2}",
+		"[1,2]",
+		"\"str\"",
+		"null",
+		"5",
+	};
+	struct usps__buf a = { 0 }, b = { 0 };
+	struct usps__frame f;
+	char line[512];
+
+	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+		snprintf(line, sizeof(line),
+			 "{\"type\":\"publish\",\"topic\":\"t\",\"event\":%s}",
+			 events[i]);
+		REQUIRE(parse(line, &f) == 0);
+		a.len = b.len = 0;
+		CHECK_EQ_INT(usps__wire_put_event_head(&a, f.topic, f.event,
+						       UUID, INT64_C(0)),
+			     0);
+		CHECK_EQ_INT(
+			usps__wire_put_frame_head(&b, &f, UUID, INT64_C(0)), 0);
+		CHECK_EQ_STR(cstr(&b), cstr(&a));
+	}
+	/* A later "event" replaces an earlier one whole. */
+	REQUIRE(parse("{\"type\":\"publish\",\"topic\":\"t\",\"event\":"
+		      "{\"id\":1},\"event\":{\"a\":1}}",
+		      &f) == 0);
+	a.len = b.len = 0;
+	CHECK_EQ_INT(usps__wire_put_frame_head(&b, &f, UUID, INT64_C(0)), 0);
+	CHECK_EQ_STR(cstr(&b),
+		     HEAD("\"t\"") "\"a\":1,\"id\":\"" UUID
+				   "\",\"createdAt\":{\"__m_codec__\":"
+				   "\"Date\",\"v\":\"1970-01-01T00:"
+				   "00:00.000Z\"},\"deliveryAttempt\""
+				   ":1}");
+	usps__buf_free(&a);
+	usps__buf_free(&b);
+}
+
 TEST(event_head_replace_in_place)
 {
 	struct usps__buf b = { 0 };
@@ -1588,6 +1640,7 @@ int main(void)
 	RUN(put_ack);
 	RUN(put_publish);
 	RUN(event_head_spec);
+	RUN(frame_head_equals_event_head);
 	RUN(event_head_replace_in_place);
 	RUN(event_head_odd_events);
 	RUN(event_head_output_parses);
