@@ -545,8 +545,9 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	if (usps__uuid4(&ps->uuid, uuid) < 0)
 		goto out;
 	ps->scratch.len = 0;
-	if (usps__wire_put_frame_head(&ps->scratch, f, uuid, usps__wall_ms()) <
-	    0)
+	if (usps__wire_put_frame_head(&ps->scratch, f, uuid,
+				      ps->stamp_ms ? ps->stamp_ms
+						   : usps__wall_ms()) < 0)
 		goto out;
 	head = ps->scratch.len;
 
@@ -749,7 +750,11 @@ void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events)
 				peer_kill(ps, p);
 				return;
 			}
+			/* The frames of one read arrived together: one clock
+			 * reading stamps them all. */
+			ps->stamp_ms = usps__wall_ms();
 			peer_lines(ps, p);
+			ps->stamp_ms = 0;
 		}
 	}
 }

@@ -84,70 +84,32 @@ int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
 	return 0;
 }
 
-/* Bytes queued on the connection past which the outbox is left alone, so
- * that a broker applying back-pressure makes usps_publish() wait. */
-#define CONN_QUEUE_MAX (4u << 20)
-
 /*
- * Drop the written part of the connection buffer before more is appended,
- * so that it does not grow for as long as the broker reads more slowly
- * than we write (it empties, and starts over, only when all is out). What
- * stays starts with the frame being written: requeue_unsent() recognises
- * a frame cut by a partial write by the byte before conn_off. Moves bytes
- * only when more is written than not, so each byte moves about once.
- */
-static void conn_compact(usps *ps)
-{
-	char *p = ps->conn_out.p;
-	size_t from = ps->conn_off, len = ps->conn_out.len;
-
-	if (from && p[from - 1] != '\n') {
-		const char *nl = memrchr(p, '\n', from);
-
-		from = nl ? (size_t)(nl - p) + 1 : 0;
-	}
-	if (!from || from < len - from)
-		return;
-	memmove(p, p + from, len - from);
-	ps->conn_out.len = len - from;
-	ps->conn_off -= from;
-}
-
-/*
- * The outbox's bytes go out on the connection, behind memberships. An
- * empty connection buffer is swapped with the outbox, so the bytes are not
- * copied and both buffers keep their memory.
+ * The outbox's bytes go out on the connection, behind memberships. The
+ * outbox is taken only when the connection buffer is empty, by swapping
+ * the two, so its bytes are never copied and both buffers keep their
+ * memory. While the connection buffer still holds bytes the socket is full
+ * (we wait for EPOLLOUT), and the outbox fills meanwhile, up to
+ * max_outbox_bytes, after which usps_publish() waits: back-pressure.
  */
 void usps__client_take_outbox(usps *ps)
 {
-	size_t queued = ps->conn_out.len - ps->conn_off;
 	bool took = false;
 
-	if (queued >= CONN_QUEUE_MAX)
+	if (ps->conn_off < ps->conn_out.len)
 		return;
 	pthread_mutex_lock(&ps->out_lock);
 	if (ps->outbox.len) {
-		if (!queued) {
-			struct usps__buf t = ps->conn_out;
+		struct usps__buf t = ps->conn_out;
 
-			ps->conn_out = ps->outbox;
-			ps->outbox = t;
-			ps->outbox.len = 0;
-			ps->conn_off = 0;
-			took = true;
-		} else {
-			conn_compact(ps);
-			if (usps__buf_put(&ps->conn_out, ps->outbox.p,
-					  ps->outbox.len) == 0) {
-				ps->outbox.len = 0;
-				took = true;
-			}
-		}
-		if (took) {
-			ps->out_taken = ps->out_appended;
-			ps->conn_out_end = ps->out_taken;
-			pthread_cond_broadcast(&ps->out_cond);
-		}
+		ps->conn_out = ps->outbox;
+		ps->outbox = t;
+		ps->outbox.len = 0;
+		ps->conn_off = 0;
+		took = true;
+		ps->out_taken = ps->out_appended;
+		ps->conn_out_end = ps->out_taken;
+		pthread_cond_broadcast(&ps->out_cond);
 	}
 	pthread_mutex_unlock(&ps->out_lock);
 	if (took)

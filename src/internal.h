@@ -381,7 +381,8 @@ struct usps {
 	bool intake_paused;  /* peers' EPOLLIN removed */
 	struct usps__uuidgen uuid;
 	struct usps__buf scratch; /* event frame under construction */
-	struct usps__buf direct;  /* a publish routed by its caller */
+	int64_t stamp_ms; /* createdAt for the frames of one read; 0: none */
+	struct usps__buf direct; /* a publish routed by its caller */
 
 	/* client */
 	int connfd;
