@@ -6,9 +6,10 @@
  * Each publish is stamped and encoded once, the fan-out frame and each
  * group's frame for its chosen member. A small frame is then copied to the
  * end of each receiver's queue, a large one queued as one chunk shared by
- * every receiver (frame.h, USPS__WQ_COPY_MAX). The broker itself takes part as the peer "self" (id 0, no
- * fd): its own subscriptions are memberships like any other, so that it is
- * first in every group's member list, as Mastra's broker is.
+ * every receiver (frame.h, USPS__WQ_COPY_MAX). The broker itself takes
+ * part as the peer "self" (id 0, no fd): its own subscriptions are
+ * memberships like any other, so that it is first in every group's member
+ * list, as Mastra's broker is.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -14,8 +14,8 @@
  * receiver) queued per fd in a ring and written with one sendmsg(2) of up to
  * WQ_IOV iovecs at a time. Small frames are copied instead into a chunk of
  * the queue's own that they fill one after another, so that a stream of
- * them costs neither a malloc() nor an iovec each. sendmsg() rather than writev() so that
- * MSG_NOSIGNAL keeps a vanished peer from raising SIGPIPE.
+ * them costs neither a malloc() nor an iovec each. sendmsg() rather than
+ * writev() so that MSG_NOSIGNAL keeps a vanished peer from raising SIGPIPE.
  */
 #define _GNU_SOURCE
 #include "frame.h"

@@ -103,7 +103,7 @@ int usps__wq_push(struct usps__wq *q, struct usps__chunk *c);
 /*
  * usps__wq_put() - queue a copy of @p[0..n), appended to the queue's last
  * chunk if that one is the queue's own and has room, else in a new one of
- * USPS__WQ_TAIL bytes (or @n if larger). 0 or -ENOMEM (nothing queued).
+ * 32 KiB (or @n bytes if larger). 0 or -ENOMEM (nothing queued).
  */
 int usps__wq_put(struct usps__wq *q, const void *p, size_t n);
 static inline bool usps__wq_empty(const struct usps__wq *q)

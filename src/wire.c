@@ -241,6 +241,24 @@ static inline uint64_t special8(uint64_t v)
 #define HOT_INLINE inline
 #endif
 
+#ifdef __SSE2__
+/*
+ * The bytes of s[0..16) a string scan stops at, one bit each: '"' and
+ * '\\', and with @ctl also those < 0x20 or >= 0x80 (one signed compare
+ * with 0x20 catches both).
+ */
+static HOT_INLINE unsigned stops16(const uint8_t *s, bool ctl)
+{
+	__m128i v = _mm_loadu_si128((const __m128i *)s);
+	__m128i m = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+				 _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+
+	if (ctl)
+		m = _mm_or_si128(m, _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+	return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 bool usps__utf8_valid(const char *p, size_t n)
 {
 	const uint8_t *s, *e;
@@ -283,16 +301,9 @@ static HOT_INLINE const uint8_t *scan_string(const uint8_t *s, const uint8_t *e,
 	s++;
 	for (;;) {
 #ifdef __SSE2__
-		/* Plain ASCII 16 bytes at a time: a signed compare with 0x20
-		 * catches both the control bytes and those >= 0x80. */
+		/* Plain ASCII 16 bytes at a time. */
 		while (e - s >= 16) {
-			__m128i v = _mm_loadu_si128((const __m128i *)s);
-			unsigned hit = (unsigned)_mm_movemask_epi8(_mm_or_si128(
-				_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
-				_mm_or_si128(
-					_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-					_mm_cmpeq_epi8(v,
-						       _mm_set1_epi8('\\')))));
+			unsigned hit = stops16(s, true);
 
 			if (hit) {
 				s += __builtin_ctz(hit);
@@ -706,18 +717,10 @@ static const uint8_t *skip_string(const uint8_t *s, const uint8_t *e)
 	s++;
 	for (;;) {
 #ifdef __SSE2__
-		while (e - s >= 16) {
-			__m128i x = _mm_loadu_si128((const __m128i *)s);
-			unsigned hit = (unsigned)_mm_movemask_epi8(_mm_or_si128(
-				_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-				_mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))));
-
-			if (hit) {
-				s += __builtin_ctz(hit);
-				goto found;
-			}
+		/* To the 16 bytes with the next stop; the loops below find
+		 * it within them. */
+		while (e - s >= 16 && !stops16(s, false))
 			s += 16;
-		}
 #endif
 		while (e - s >= 8) {
 			v = load8(s);
@@ -733,9 +736,6 @@ static const uint8_t *skip_string(const uint8_t *s, const uint8_t *e)
 		}
 		while (s < e && *s != '"' && *s != '\\')
 			s++;
-#ifdef __SSE2__
-found:
-#endif
 		if (s >= e)
 			return e;
 		if (*s == '"')
