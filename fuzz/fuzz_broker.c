@@ -4,7 +4,9 @@
  * threads) with two clients on socketpairs; a well-behaved one subscribed
  * to "t" (fan-out and group "g"), and a hostile one that sends the input.
  * Whatever the input, the broker must not crash, and every line it writes
- * to either client must be one valid JSON object. The broker itself is
+ * to either client must be one valid JSON object. The good client asks for
+ * indexed frames: each record it gets must hold such a line, and its index
+ * must be what a parse of the line finds. The broker itself is
  * subscribed too, so its own deliveries are exercised. Also replayed over
  * fuzz/corpus/broker/ as an ordinary test in every build.
  */
@@ -21,6 +23,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char good_subs[] =
+	"{\"type\":\"usps.index\"}\n"
 	"{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
 	"{\"type\":\"subscribe\",\"topic\":\"t\",\"group\":\"g\"}\n";
 
@@ -99,25 +102,77 @@ static void pump(usps *ps, struct peer *p)
 	usps__broker_flush_dirty(ps);
 }
 
-/* Everything the broker wrote to @fd must be whole JSON objects. */
-static void check_output(int fd)
+static bool same(struct usps__span a, struct usps__span b)
+{
+	return a.n == b.n && (!a.n || a.p == b.p);
+}
+
+/* An indexed record: a JSON object line, with the spans a parse finds. */
+static void check_record(const char *rec, size_t n)
+{
+	struct usps__frame f, g;
+	const char *line;
+	size_t len;
+	int k = usps__rec_open(rec, n, &line, &len, &f);
+
+	if (k < 0 || usps__wire_parse(line, len, &g) < 0)
+		abort();
+	if (k == 0)
+		return;
+	if (g.type != USPS__F_EVENT || !same(f.topic, g.topic) ||
+	    !same(f.group, g.group) || f.group_kind != g.group_kind ||
+	    !same(f.event, g.event) || !g.ev_known)
+		abort();
+	for (int i = 0; i < 6; i++)
+		if (!same((&f.ev.type)[i], (&g.ev.type)[i]))
+			abort();
+}
+
+/*
+ * Everything the broker wrote to @fd must be whole JSON objects, then
+ * records of them after a "usps.index" line (which @indexed requires).
+ */
+static void check_output(int fd, bool indexed)
 {
 	static char buf[1 << 21];
+	static const char yes[] = "{\"type\":\"usps.index\"}";
 	size_t len = 0;
 	ssize_t n;
+	bool records = false;
 
 	while ((n = recv(fd, buf + len, sizeof(buf) - len, MSG_DONTWAIT)) > 0)
 		len += (size_t)n;
 	for (size_t off = 0; off < len;) {
-		char *nl = memchr(buf + off, '\n', len - off);
+		char *nl;
 
+		if (records) {
+			size_t size;
+
+			if (len - off < 4)
+				break;
+			size = (size_t)(uint8_t)buf[off] |
+			       (size_t)(uint8_t)buf[off + 1] << 8 |
+			       (size_t)(uint8_t)buf[off + 2] << 16 |
+			       (size_t)(uint8_t)buf[off + 3] << 24;
+			if (size > len - off - 4)
+				break; /* cut by the queue cap */
+			check_record(buf + off, size + 4);
+			off += size + 4;
+			continue;
+		}
+		nl = memchr(buf + off, '\n', len - off);
 		if (!nl)
 			break; /* a frame cut by the queue cap: not checked */
 		if (usps__json_is_object(buf + off, (size_t)(nl - buf - off)) <
 		    0)
 			abort();
+		if ((size_t)(nl - buf - off) == sizeof(yes) - 1 &&
+		    !memcmp(buf + off, yes, sizeof(yes) - 1))
+			records = true;
 		off = (size_t)(nl - buf) + 1;
 	}
+	if (indexed && !records)
+		abort(); /* the broker never said yes */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -153,8 +208,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	pump(ps, pg);
 	usps__broker_reap(ps);
-	check_output(good[1]);
-	check_output(bad[1]);
+	check_output(good[1], true);
+	check_output(bad[1], false);
 	broker_free(ps); /* closes good[0] and bad[0] with the peers */
 	close(good[1]);
 	close(bad[1]);

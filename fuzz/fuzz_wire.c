@@ -21,6 +21,46 @@ static void check_json(const struct usps__buf *b)
 		abort();
 }
 
+/*
+ * The index the broker builds with the head must be what a parse of the
+ * frame finds, and survive a record's header both ways.
+ */
+static void check_index(const struct usps__frame *f, const char uuid[37])
+{
+	struct usps__buf b = { 0 };
+	struct usps__frame g, h;
+	struct usps__ix ix, px;
+	uint8_t head[USPS__REC_WIDE];
+	const char *line;
+	size_t len, hlen;
+	int r;
+
+	if (usps__json_kind(f->topic) != USPS__J_STRING)
+		return;
+	r = usps__wire_put_frame_head_ix(&b, f, uuid, 1700000000000, 0, &ix);
+	if (r == 1 && usps__buf_put(&b, "}\n", 2) == 0) {
+		if (usps__wire_parse(b.p, b.len - 1, &g) < 0)
+			abort();
+		usps__ix_from_frame(&px, &g, b.p);
+		if (memcmp(&px, &ix, sizeof(ix)) != 0)
+			abort();
+		hlen = usps__rec_head(head, b.len - 1, &ix);
+		if (usps__buf_reserve(&b, hlen) < 0)
+			goto out;
+		memmove(b.p + hlen, b.p, b.len);
+		memcpy(b.p, head, hlen);
+		b.len += hlen;
+		if (usps__rec_open(b.p, b.len, &line, &len, &h) != 1 ||
+		    line != b.p + hlen || len != b.len - hlen - 1)
+			abort();
+		usps__ix_from_frame(&px, &h, line);
+		if (memcmp(&px, &ix, sizeof(ix)) != 0)
+			abort();
+	}
+out:
+	usps__buf_free(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char uuid[37] = "aa8f25e6-181c-40b4-934d-1542985e71d6";
@@ -76,6 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check_json(&b);
 	}
 	b.len = 0;
+	check_index(&f, uuid);
 	if (usps__wire_put_ack(&b, f.type == USPS__F_UNSUBSCRIBE, f.topic,
 			       f.group_kind == USPS__OPT_UNDEFINED
 				       ? (struct usps__span){ 0 }

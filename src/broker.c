@@ -364,23 +364,52 @@ static void mark_dirty(usps *ps, struct peer *p)
 static void peer_flush(usps *ps, struct peer *p);
 
 /*
- * One frame on its way to its receivers: its bytes, and the chunk they
+ * One frame on its way to its receivers: its bytes as a record (wire.h),
+ * the line after the record's header of @hlen bytes, and the chunk they
  * share once one receiver needs it (large frames only; see
- * USPS__WQ_COPY_MAX). out_done() drops the chunk.
+ * USPS__WQ_COPY_MAX). An indexed peer gets the record, any other the line
+ * alone. out_done() drops the chunk.
  */
 struct out {
 	const char *p;
 	size_t n;
+	size_t hlen;
 	struct usps__chunk *c;
 };
 
+/* Frames are built this far into a buffer, leaving room for a header. */
+#define LINE_AT ((size_t)USPS__REC_WIDE)
+
+/*
+ * The frame built in @b from LINE_AT to its end ('\n' included), with the
+ * record header for the index @ix (NULL: a plain frame) written in front.
+ */
+static struct out out_of(struct usps__buf *b, const struct usps__ix *ix)
+{
+	uint8_t h[USPS__REC_WIDE];
+	size_t line = b->len - LINE_AT - 1;
+	size_t hlen = usps__rec_head(h, line, ix);
+
+	memcpy(b->p + LINE_AT - hlen, h, hlen);
+	return (struct out){ b->p + LINE_AT - hlen, hlen + line + 1, hlen,
+			     NULL };
+}
+
+/* Bytes of @o that @p is sent. */
+static size_t out_len(const struct out *o, const struct peer *p)
+{
+	return p->indexed ? o->n : o->n - o->hlen;
+}
+
 static int out_queue(struct peer *p, struct out *o)
 {
-	if (o->n <= USPS__WQ_COPY_MAX)
-		return usps__wq_put(&p->wq, o->p, o->n);
+	size_t skip = p->indexed ? 0 : o->hlen;
+
+	if (o->n - skip <= USPS__WQ_COPY_MAX)
+		return usps__wq_put(&p->wq, o->p + skip, o->n - skip);
 	if (!o->c && !(o->c = usps__chunk_new(o->p, o->n)))
 		return -ENOMEM;
-	return usps__wq_push(&p->wq, o->c);
+	return usps__wq_push_at(&p->wq, o->c, skip);
 }
 
 static void out_done(struct out *o)
@@ -397,15 +426,16 @@ static void out_done(struct out *o)
 static void peer_send(usps *ps, struct peer *p, struct out *o)
 {
 	uint64_t cap = ps->opt.max_client_queued_bytes;
+	size_t n = out_len(o, p);
 
 	if (p->dead)
 		return;
-	if (p->wq.queued_bytes + o->n > cap) {
+	if (p->wq.queued_bytes + n > cap) {
 		peer_flush(ps, p);
 		if (p->dead)
 			return;
 	}
-	if (p->wq.queued_bytes + o->n > cap || out_queue(p, o) < 0) {
+	if (p->wq.queued_bytes + n > cap || out_queue(p, o) < 0) {
 		peer_kill(ps, p);
 		return;
 	}
@@ -477,14 +507,17 @@ void usps__broker_flush_dirty(usps *ps)
 
 /* ---- routing ---- */
 
-/* Deliver the frame @o to the broker's own subscriptions. */
+/* Deliver the frame @o to the broker's own subscriptions: by its index
+ * when it has one. */
 static void self_deliver(usps *ps, const struct out *o)
 {
 	struct usps__frame f;
-	size_t n = o->n - 1; /* without '\n' */
+	const char *line;
+	size_t n;
+	int r = usps__rec_open(o->p, o->n, &line, &n, &f);
 
-	if (usps__wire_parse(o->p, n, &f) == 0)
-		(void)usps__deliver_line(ps, o->p, n, &f);
+	if (r == 1 || (r == 0 && usps__wire_parse(line, n, &f) == 0))
+		(void)usps__deliver_line(ps, line, n, &f);
 }
 
 static void send_to(usps *ps, struct peer *p, struct out *o)
@@ -496,19 +529,31 @@ static void send_to(usps *ps, struct peer *p, struct out *o)
 }
 
 /*
- * The frame of the head in ps->scratch[0..head) plus the tail for @group,
- * built in ps->scratch after the head: valid until the next make_out().
- * 0 or -ENOMEM.
+ * The frame of the head in ps->scratch[LINE_AT..head), indexed by @ix
+ * (NULL: none), plus the tail for @group, built in ps->scratch after the
+ * head: valid until the next make_out(). 0 or -ENOMEM.
  */
-static int make_out(usps *ps, size_t head, struct usps__span group,
-		    struct out *o)
+static int make_out(usps *ps, size_t head, const struct usps__ix *ix,
+		    struct usps__span group, struct out *o)
 {
+	static const char gkey[] = ",\"group\":";
+	struct usps__ix gix;
 	int r;
 
 	ps->scratch.len = head;
 	r = group.n ? usps__wire_put_group_tail(&ps->scratch, group)
 		    : usps__buf_put(&ps->scratch, "}\n", 2);
-	*o = (struct out){ ps->scratch.p, ps->scratch.len, NULL };
+	if (r == 0) {
+		if (ix && group.n) {
+			gix = *ix;
+			gix.off[USPS__IX_GROUP] =
+				(uint32_t)(head - LINE_AT + sizeof(gkey) - 1);
+			gix.len[USPS__IX_GROUP] = (uint32_t)group.n;
+			gix.flags |= USPS__IXF_GROUP;
+			ix = &gix;
+		}
+		*o = out_of(&ps->scratch, ix);
+	}
 	ps->scratch.len = head;
 	return r;
 }
@@ -527,9 +572,11 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	char small[256], *topic = small;
 	struct usps__buf gname = { 0 };
 	struct btopic *t;
+	struct usps__ix ix, *ixp;
 	struct out o;
 	char uuid[37];
 	size_t tlen, head;
+	int r;
 
 	if (usps__json_kind(f->topic) != USPS__J_STRING)
 		return;
@@ -545,11 +592,18 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		goto out;
 	if (usps__uuid4(&ps->uuid, uuid) < 0)
 		goto out;
+	/* Room for a record header first; an event the head could not index
+	 * goes to indexed peers as a plain record (they parse it). */
 	ps->scratch.len = 0;
-	if (usps__wire_put_frame_head(&ps->scratch, f, uuid,
-				      ps->stamp_ms ? ps->stamp_ms
-						   : usps__wall_ms()) < 0)
+	if (usps__buf_reserve(&ps->scratch, LINE_AT) < 0)
 		goto out;
+	ps->scratch.len = LINE_AT;
+	r = usps__wire_put_frame_head_ix(
+		&ps->scratch, f, uuid,
+		ps->stamp_ms ? ps->stamp_ms : usps__wall_ms(), LINE_AT, &ix);
+	if (r < 0)
+		goto out;
+	ixp = r == 1 ? &ix : NULL;
 	head = ps->scratch.len;
 
 	if (f->local_only) {
@@ -557,7 +611,7 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		 * echo to the sender only (spec §2.2). */
 		if (!t->nfan)
 			goto out;
-		if (make_out(ps, head, (struct usps__span){ 0 }, &o) < 0)
+		if (make_out(ps, head, ixp, (struct usps__span){ 0 }, &o) < 0)
 			goto out;
 		if (is_member(t->fan, t->nfan, &ps->self))
 			self_deliver(ps, &o);
@@ -567,7 +621,7 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		goto out;
 	}
 	if (t->nfan) {
-		if (make_out(ps, head, (struct usps__span){ 0 }, &o) < 0)
+		if (make_out(ps, head, ixp, (struct usps__span){ 0 }, &o) < 0)
 			goto out;
 		/* send_to may drop peers (marked dead, freed later), and the
 		 * broker's handlers never run here, so t stays valid. */
@@ -597,7 +651,7 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		gname.len = 0;
 		if (usps__json_put_string(&gname, g->name, g->len) < 0)
 			continue;
-		if (make_out(ps, head,
+		if (make_out(ps, head, ixp,
 			     (struct usps__span){ gname.p, gname.len }, &o) < 0)
 			continue;
 		send_to(ps, p, &o);
@@ -621,9 +675,12 @@ static void send_ack(usps *ps, struct peer *p, const struct usps__frame *f,
 	if (f->group_kind == USPS__OPT_UNDEFINED)
 		group.n = 0;
 	ps->scratch.len = 0;
+	if (usps__buf_reserve(&ps->scratch, LINE_AT) < 0)
+		return;
+	ps->scratch.len = LINE_AT;
 	if (usps__wire_put_ack(&ps->scratch, unsub, f->topic, group) < 0)
 		return;
-	o = (struct out){ ps->scratch.p, ps->scratch.len, NULL };
+	o = out_of(&ps->scratch, NULL);
 	peer_send(ps, p, &o);
 	out_done(&o);
 }
@@ -660,10 +717,24 @@ ack:
 		free(group);
 }
 
+/* Send @p the frame @line of @n bytes ('\n' included). */
+static void send_line(usps *ps, struct peer *p, const char *line, size_t n)
+{
+	struct out o;
+
+	ps->scratch.len = 0;
+	if (usps__buf_reserve(&ps->scratch, LINE_AT + n) < 0)
+		return;
+	ps->scratch.len = LINE_AT;
+	(void)usps__buf_put(&ps->scratch, line, n);
+	o = out_of(&ps->scratch, NULL);
+	peer_send(ps, p, &o);
+	out_done(&o);
+}
+
 /* Answer a "usps.status" request (clients other than the asker). */
 static void send_status(usps *ps, struct peer *p)
 {
-	struct out o;
 	char iso[32], line[384];
 	int n;
 
@@ -677,9 +748,22 @@ static void send_status(usps *ps, struct peer *p)
 		     (long long)ps->broker_since_ms, iso, USPS_VERSION_STRING);
 	if (n < 0 || (size_t)n >= sizeof(line))
 		return;
-	o = (struct out){ line, (size_t)n, NULL };
-	peer_send(ps, p, &o);
-	out_done(&o);
+	send_line(ps, p, line, (size_t)n);
+}
+
+/*
+ * A usps client of our uid asks for indexed frames: say yes (in the old
+ * framing), and send it records from then on. Another uid's request is
+ * ignored: the client would not have asked (wire.h).
+ */
+static void start_index(usps *ps, struct peer *p)
+{
+	static const char yes[] = "{\"type\":\"usps.index\"}\n";
+
+	if (p->indexed || p->uid != ps->uid)
+		return;
+	send_line(ps, p, yes, sizeof(yes) - 1);
+	p->indexed = true;
 }
 
 static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
@@ -700,6 +784,9 @@ static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 		break;
 	case USPS__F_STATUS:
 		send_status(ps, p);
+		break;
+	case USPS__F_INDEX:
+		start_index(ps, p);
 		break;
 	default:
 		break; /* acks, nacks, events, unknown: ignored */

@@ -116,13 +116,16 @@ void usps__client_take_outbox(usps *ps)
 		usps__client_flush(ps);
 }
 
-int usps__client_start(usps *ps, int fd, pid_t broker_pid)
+int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 {
+	static const char ask[] = "{\"type\":\"usps.index\"}\n";
 	int r;
 
 	ps->connfd = fd;
 	ps->conn_want_out = false;
 	ps->conn_paused = false;
+	ps->conn_ix_asked = false;
+	ps->conn_records = false;
 	usps__reader_init(&ps->conn_rd, ps->opt.max_inbound_frame_bytes);
 	ps->conn_out.len = ps->conn_off = 0;
 	r = usps__engine_watch_fd(ps, fd, &ps->conn_ioh, EPOLLIN, false);
@@ -135,6 +138,12 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid)
 	ps->broker_pid = broker_pid;
 	ps->conn_since_ms = usps__now_ms();
 	usps__engine_set_role(ps, ROLE_CLIENT);
+	/* Indexed frames are asked of a broker of our own uid only: their
+	 * content is taken on trust (wire.h). First, so that the answer comes
+	 * before any event. */
+	if (broker_uid == ps->uid &&
+	    usps__buf_put(&ps->conn_out, ask, sizeof(ask) - 1) == 0)
+		ps->conn_ix_asked = true;
 	/* Announce every membership again; waiters are released by the acks
 	 * of these frames. Unsubscribes in flight are moot on a new broker. */
 	for (size_t b = 0; b < ps->keys.nb; b++) {
@@ -151,6 +160,8 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid)
 								   false);
 		}
 	}
+	if (ps->role == ROLE_CLIENT && ps->conn_off < ps->conn_out.len)
+		usps__client_flush(ps); /* the request, if nothing else */
 	pthread_cond_broadcast(&ps->cond);
 	return 0;
 }
@@ -288,8 +299,52 @@ static void handle_line(usps *ps, const char *line, size_t n)
 		ps->refused = -EPERM;
 		pthread_cond_broadcast(&ps->cond);
 		break;
+	case USPS__F_INDEX:
+		/* Every byte after this line is records. */
+		if (ps->conn_ix_asked)
+			ps->conn_records = true;
+		break;
 	default:
 		break;
+	}
+}
+
+/* One record from the broker. 0, or -EPROTO: the stream cannot be
+ * followed any further. */
+static int handle_record(usps *ps, const char *rec, size_t n)
+{
+	struct usps__frame f;
+	const char *line;
+	size_t len;
+	int r = usps__rec_open(rec, n, &line, &len, &f);
+
+	if (r == 1)
+		(void)usps__deliver_line(ps, line, len, &f);
+	else if (r == 0)
+		handle_line(ps, line, len);
+	return r < 0 ? r : 0;
+}
+
+/* Handle what the broker sent, in lines or records. 0 when more bytes are
+ * needed, or negative: the connection is unusable. */
+static int take_frames(usps *ps)
+{
+	const char *p;
+	size_t n;
+	int r;
+
+	for (;;) {
+		if (ps->conn_records) {
+			r = usps__reader_next_record(&ps->conn_rd, &p, &n);
+			if (r == 1)
+				r = handle_record(ps, p, n) < 0 ? -EPROTO : 1;
+		} else {
+			r = usps__reader_next(&ps->conn_rd, &p, &n);
+			if (r == 1)
+				handle_line(ps, p, n);
+		}
+		if (r != 1)
+			return r;
 	}
 }
 
@@ -324,8 +379,6 @@ void usps__client_io(usps *ps, uint32_t events)
 {
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
 		for (int i = 0; i < 4 && ps->role == ROLE_CLIENT; i++) {
-			const char *line;
-			size_t n;
 			ssize_t got;
 			int r;
 
@@ -341,12 +394,10 @@ void usps__client_io(usps *ps, uint32_t events)
 				usps__client_lost(ps);
 				return;
 			}
-			while ((r = usps__reader_next(&ps->conn_rd, &line,
-						      &n)) == 1)
-				handle_line(ps, line, n);
+			r = take_frames(ps);
 			usps__dl_commit(ps);
 			if (r < 0) {
-				/* The broker sent an oversized frame. */
+				/* An oversized frame, or a broken record. */
 				usps__client_lost(ps);
 				return;
 			}

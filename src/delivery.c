@@ -137,7 +137,9 @@ static int64_t created_ms(struct usps__span s)
 		return INT64_MIN;
 	if (s.n == last_n && !memcmp(s.p, last, s.n))
 		return last_ms;
-	if (usps__wire_created_at_ms(s, &ms) < 0)
+	/* Validated here: an indexed frame's span is not (wire.h). */
+	if (usps__json_validate(s.p, s.n) < 0 ||
+	    usps__wire_created_at_ms(s, &ms) < 0)
 		return INT64_MIN;
 	if (s.n <= sizeof(last)) {
 		memcpy(last, s.p, s.n);

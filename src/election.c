@@ -271,7 +271,7 @@ static int join_client(usps *ps, int fd)
 		close(fd);
 		return -EPERM;
 	}
-	if (usps__client_start(ps, fd, cred.pid) < 0)
+	if (usps__client_start(ps, fd, cred.pid, cred.uid) < 0)
 		return 0;
 	ps->join_backoff_ms = 0;
 	ps->lock_busy_tries = 0;

@@ -258,6 +258,31 @@ int usps__reader_next(struct usps__reader *r, const char **ret_line,
 	return 1;
 }
 
+int usps__reader_next_record(struct usps__reader *r, const char **ret_rec,
+			     size_t *ret_len)
+{
+	size_t have, size;
+	uint8_t b[4];
+
+	settle(r);
+	have = r->len - r->start;
+	if (have < 4)
+		return 0;
+	memcpy(b, r->buf + r->start, 4);
+	size = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16 |
+	       (size_t)b[3] << 24;
+	if (size > USPS__REC_OVERHEAD &&
+	    size - USPS__REC_OVERHEAD > r->max_frame)
+		return -EMSGSIZE;
+	if (have - 4 < size)
+		return 0;
+	*ret_rec = r->buf + r->start;
+	*ret_len = 4 + size;
+	r->start += 4 + size;
+	r->scan = r->start;
+	return 1;
+}
+
 /* ---- chunks ---- */
 
 struct usps__chunk *usps__chunk_new(const void *p, size_t n)
@@ -331,18 +356,23 @@ static int wq_grow(struct usps__wq *q)
 	return 0;
 }
 
-int usps__wq_push(struct usps__wq *q, struct usps__chunk *c)
+int usps__wq_push_at(struct usps__wq *q, struct usps__chunk *c, size_t off)
 {
 	if (q->count == q->cap && wq_grow(q) < 0)
 		return -ENOMEM;
 	q->ents[(q->head + q->count) & (q->cap - 1)] = (struct usps__wq_ent){
 		.c = usps__chunk_ref(c),
-		.off = 0,
+		.off = off,
 	};
 	q->count++;
-	q->queued_bytes += c->len;
-	q->pushed_total += c->len;
+	q->queued_bytes += c->len - off;
+	q->pushed_total += c->len - off;
 	return 0;
+}
+
+int usps__wq_push(struct usps__wq *q, struct usps__chunk *c)
+{
+	return usps__wq_push_at(q, c, 0);
 }
 
 int usps__wq_put(struct usps__wq *q, const void *p, size_t n)

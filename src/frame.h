@@ -55,6 +55,25 @@ int usps__reader_feed(struct usps__reader *r, const void *p, size_t n);
 int usps__reader_next(struct usps__reader *r, const char **ret_line,
 		      size_t *ret_len);
 
+/*
+ * Records: after a usps broker has agreed to send indexed frames (wire.h,
+ * "usps.index"), the rest of its stream is records, each a little-endian
+ * u32 size then that many bytes (a header, a line, its '\n').
+ */
+/* Most header bytes a record holds around a line of at most max_frame. */
+#define USPS__REC_OVERHEAD ((size_t)128)
+/*
+ * usps__reader_next_record() - take the next complete record.
+ * Returns 1 and sets *ret_rec and *ret_len to the whole record, size field
+ * included (valid until the next call on @r); 0 if more bytes are needed;
+ * -EMSGSIZE if the size field says more than max_frame +
+ * USPS__REC_OVERHEAD (the reader is then useless: drop the connection).
+ * Lines and records may follow each other in one stream: the caller knows
+ * which comes next.
+ */
+int usps__reader_next_record(struct usps__reader *r, const char **ret_rec,
+			     size_t *ret_len);
+
 /* Bytes buffered and not yet returned as lines. */
 size_t usps__reader_pending(const struct usps__reader *r);
 
@@ -93,6 +112,8 @@ void usps__wq_init(struct usps__wq *q);
 void usps__wq_free(struct usps__wq *q);
 /* Queue @c, taking a new reference to it. 0 or -ENOMEM (no ref taken). */
 int usps__wq_push(struct usps__wq *q, struct usps__chunk *c);
+/* Queue @c from byte @off on (off <= c->len), as usps__wq_push(). */
+int usps__wq_push_at(struct usps__wq *q, struct usps__chunk *c, size_t off);
 /*
  * Frames up to this size are cheaper copied than shared: a copy into the
  * queue's own tail chunk (usps__wq_put) costs less than a chunk's malloc,

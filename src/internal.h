@@ -198,6 +198,7 @@ struct peer {
 	bool want_out;	     /* EPOLLOUT registered */
 	bool congested;	     /* queue over half the cap: intake paused */
 	bool has_lines;	     /* complete lines left unread in rd */
+	bool indexed;	     /* sent records (wire.h "usps.index") */
 	int64_t progress_ms; /* last time its queue moved (or congested) */
 	struct peer *dirty_next;
 };
@@ -237,8 +238,9 @@ int usps__broker_adopt_keys(usps *ps);
 /* ---- client side (client.c) ---- */
 
 void usps__client_io(usps *ps, uint32_t events);
-/* Connected: announce every key, then the outbox may flow. */
-int usps__client_start(usps *ps, int fd, pid_t broker_pid);
+/* Connected to the broker @broker_pid of @broker_uid: ask for indexed
+ * frames (same uid only), announce every key, then the outbox may flow. */
+int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid);
 void usps__client_lost(usps *ps);
 /* Move the outbox onto the connection and write. */
 void usps__client_take_outbox(usps *ps);
@@ -394,6 +396,8 @@ struct usps {
 	size_t conn_off;
 	bool conn_want_out;
 	bool conn_paused;      /* reading stopped: deliveries backed up */
+	bool conn_ix_asked;    /* sent "usps.index" on this connection */
+	bool conn_records;     /* the broker said yes: records from here on */
 	uint64_t conn_out_end; /* outbox position when conn_out empties */
 
 	/* registry */

@@ -1136,6 +1136,7 @@ static const struct {
 	{ { "nack", 4 }, USPS__F_NACK },
 	{ { "usps.status", 11 }, USPS__F_STATUS },
 	{ { "usps.refused", 12 }, USPS__F_REFUSED },
+	{ { "usps.index", 10 }, USPS__F_INDEX },
 };
 
 static enum usps__frame_type frame_type(struct usps__span v)
@@ -1777,7 +1778,10 @@ static int put_string_members(struct usps__buf *b, struct usps__span v)
  * Object event known to have none of the stamped keys: its members are
  * copied in one run, without the walk (the head is the same).
  */
-static int put_plain_members(struct usps__buf *b, struct usps__span event)
+/* The members of an object event copied in one run; *@from is where the
+ * copy began in @event. */
+static int put_plain_members(struct usps__buf *b, struct usps__span event,
+			     const char **from)
 {
 	const uint8_t *s = (const uint8_t *)event.p + 1;
 	const uint8_t *e = (const uint8_t *)event.p + event.n - 1; /* '}' */
@@ -1785,23 +1789,53 @@ static int put_plain_members(struct usps__buf *b, struct usps__span event)
 	s = skip_ws(s, e);
 	while (e > s && is_ws(e[-1]))
 		e--;
+	*from = (const char *)s;
 	if (s == e)
 		return 0;
 	return put(b, s, (size_t)(e - s)) < 0 ? -ENOMEM : S_ANY;
 }
 
+/* Where the head is being built, and the index to fill (ix NULL: none). */
+struct head_ix {
+	struct usps__ix *ix;
+	size_t line_start;
+	const struct usps__event_fields *ev; /* the publisher's members */
+};
+
+static void ix_set(struct head_ix *h, int which, size_t at, size_t n)
+{
+	h->ix->off[which] = (uint32_t)(at - h->line_start);
+	h->ix->len[which] = (uint32_t)n;
+}
+
+/* A member of the publisher's event, now copied to @to from @from. */
+static void ix_moved(struct head_ix *h, int which, struct usps__span sp,
+		     const char *from, size_t to)
+{
+	if (sp.n)
+		ix_set(h, which, to + (size_t)(sp.p - from), sp.n);
+}
+
+/*
+ * The head, and (h->ix set, and only for a plain object event) its index.
+ * Returns 1 if the index was filled, 0 if not, -ENOMEM.
+ */
 static int put_event_head(struct usps__buf *b, struct usps__span topic,
 			  struct usps__span event, bool plain,
-			  const char uuid[37], int64_t created_ms)
+			  const char uuid[37], int64_t created_ms,
+			  struct head_ix *h)
 {
 	static const int order[] = { S_ID, S_CREATED, S_ATTEMPT };
+	static const int slot[] = { USPS__IX_ID, USPS__IX_CREATED,
+				    USPS__IX_ATTEMPT };
 	static const struct name keys[] = {
 		{ "\"id\":", 5 },
 		{ "\"createdAt\":", 12 },
 		{ "\"deliveryAttempt\":", 18 },
 	};
 	struct stamp st = { .uuid = uuid };
-	size_t old = b->len;
+	size_t old = b->len, at;
+	const char *from = NULL;
 	struct walk w;
 	int have = 0;
 
@@ -1819,18 +1853,40 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 		memcpy(st.iso, c_iso, sizeof(c_iso));
 		st.iso_len = c_len;
 	}
+	/* Only a plain object event under a string topic is indexed here. */
+	if (h &&
+	    (!plain || !topic.n || usps__json_kind(event) != USPS__J_OBJECT))
+		h = NULL;
 	/* One allocation in the common case (an object event). */
 	if (usps__buf_reserve(b, 192 + topic.n + event.n) < 0 ||
-	    PUT_LIT(b, "{\"type\":\"event\",\"topic\":") < 0 ||
-	    (topic.n ? put_span(b, topic) : PUT_LIT(b, UNDEFINED_ENV)) < 0 ||
+	    PUT_LIT(b, "{\"type\":\"event\",\"topic\":") < 0)
+		goto rollback;
+	if (h) {
+		memset(h->ix, 0, sizeof(*h->ix));
+		h->ix->flags = USPS__IXF_EV_KNOWN;
+		ix_set(h, USPS__IX_TOPIC, b->len, topic.n);
+	}
+	if ((topic.n ? put_span(b, topic) : PUT_LIT(b, UNDEFINED_ENV)) < 0 ||
 	    PUT_LIT(b, ",\"event\":{") < 0)
 		goto rollback;
+	at = b->len - 1; /* the event's '{' */
 	switch (usps__json_kind(event)) {
 	case USPS__J_OBJECT:
-		if (plain)
-			have = put_plain_members(b, event);
-		else if (walk_init(&w, event) == 0)
+		if (plain) {
+			size_t to = b->len;
+
+			have = put_plain_members(b, event, &from);
+			if (h && have >= 0) {
+				ix_moved(h, USPS__IX_TYPE, h->ev->type, from,
+					 to);
+				ix_moved(h, USPS__IX_RUN_ID, h->ev->run_id,
+					 from, to);
+				ix_moved(h, USPS__IX_DATA, h->ev->data, from,
+					 to);
+			}
+		} else if (walk_init(&w, event) == 0) {
 			have = put_object_members(b, &w, &st);
+		}
 		break;
 	case USPS__J_ARRAY:
 		if (walk_init(&w, event) == 0)
@@ -1846,17 +1902,25 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 	if (have < 0)
 		goto rollback;
 	for (size_t i = 0; i < 3; i++) {
+		size_t v;
+
 		if (have & order[i])
 			continue;
 		if (((have & S_ANY) && PUT_LIT(b, ",") < 0) ||
-		    put(b, keys[i].s, keys[i].n) < 0 ||
-		    put_stamp_value(b, &st, order[i]) < 0)
+		    put(b, keys[i].s, keys[i].n) < 0)
 			goto rollback;
+		v = b->len;
+		if (put_stamp_value(b, &st, order[i]) < 0)
+			goto rollback;
+		if (h)
+			ix_set(h, slot[i], v, b->len - v);
 		have |= S_ANY;
 	}
 	if (PUT_LIT(b, "}") < 0)
 		goto rollback;
-	return 0;
+	if (h)
+		ix_set(h, USPS__IX_EVENT, at, b->len - at);
+	return h != NULL;
 rollback:
 	b->len = old;
 	return -ENOMEM;
@@ -1866,18 +1930,37 @@ int usps__wire_put_event_head(struct usps__buf *b, struct usps__span topic,
 			      struct usps__span event, const char uuid[37],
 			      int64_t created_ms)
 {
-	return put_event_head(b, topic, event, false, uuid, created_ms);
+	int r = put_event_head(b, topic, event, false, uuid, created_ms, NULL);
+
+	return r < 0 ? r : 0;
+}
+
+/* The parse saw every member of an object event (ev_known): with none of
+ * the stamped keys among them, nothing is replaced. */
+static bool frame_plain(const struct usps__frame *f)
+{
+	return f->ev_known && !f->ev.id.n && !f->ev.created_at.n &&
+	       !f->ev.delivery_attempt.n;
 }
 
 int usps__wire_put_frame_head(struct usps__buf *b, const struct usps__frame *f,
 			      const char uuid[37], int64_t created_ms)
 {
-	/* The parse saw every member of an object event (ev_known): with
-	 * none of the stamped keys among them, nothing is replaced. */
-	bool plain = f->ev_known && !f->ev.id.n && !f->ev.created_at.n &&
-		     !f->ev.delivery_attempt.n;
+	int r = put_event_head(b, f->topic, f->event, frame_plain(f), uuid,
+			       created_ms, NULL);
 
-	return put_event_head(b, f->topic, f->event, plain, uuid, created_ms);
+	return r < 0 ? r : 0;
+}
+
+int usps__wire_put_frame_head_ix(struct usps__buf *b,
+				 const struct usps__frame *f,
+				 const char uuid[37], int64_t created_ms,
+				 size_t line_start, struct usps__ix *ix)
+{
+	struct head_ix h = { ix, line_start, &f->ev };
+
+	return put_event_head(b, f->topic, f->event, frame_plain(f), uuid,
+			      created_ms, ix ? &h : NULL);
 }
 
 int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group)
@@ -1894,4 +1977,145 @@ int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group)
 rollback:
 	b->len = old;
 	return -ENOMEM;
+}
+
+/* ---- indexed frames ---- */
+
+static void ix_span(struct usps__ix *ix, int which, struct usps__span sp,
+		    const char *line)
+{
+	ix->off[which] = sp.n ? (uint32_t)(sp.p - line) : 0;
+	ix->len[which] = (uint32_t)sp.n;
+}
+
+void usps__ix_from_frame(struct usps__ix *ix, const struct usps__frame *f,
+			 const char *line)
+{
+	memset(ix, 0, sizeof(*ix));
+	ix_span(ix, USPS__IX_TOPIC, f->topic, line);
+	if (f->group_kind == USPS__OPT_STRING) {
+		ix_span(ix, USPS__IX_GROUP, f->group, line);
+		ix->flags |= USPS__IXF_GROUP;
+	}
+	ix_span(ix, USPS__IX_EVENT, f->event, line);
+	if (!f->ev_known)
+		return;
+	ix->flags |= USPS__IXF_EV_KNOWN;
+	ix_span(ix, USPS__IX_TYPE, f->ev.type, line);
+	ix_span(ix, USPS__IX_ID, f->ev.id, line);
+	ix_span(ix, USPS__IX_RUN_ID, f->ev.run_id, line);
+	ix_span(ix, USPS__IX_DATA, f->ev.data, line);
+	ix_span(ix, USPS__IX_CREATED, f->ev.created_at, line);
+	ix_span(ix, USPS__IX_ATTEMPT, f->ev.delivery_attempt, line);
+}
+
+static uint8_t *le16(uint8_t *o, uint32_t v)
+{
+	o[0] = (uint8_t)v;
+	o[1] = (uint8_t)(v >> 8);
+	return o + 2;
+}
+
+static uint8_t *le32(uint8_t *o, uint32_t v)
+{
+	o[0] = (uint8_t)v;
+	o[1] = (uint8_t)(v >> 8);
+	o[2] = (uint8_t)(v >> 16);
+	o[3] = (uint8_t)(v >> 24);
+	return o + 4;
+}
+
+static uint32_t get16(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
+		      const struct usps__ix *ix)
+{
+	/* With u16 spans every offset and length is below the line's end. */
+	bool narrow = line_len <= UINT16_MAX;
+	size_t hlen = !ix      ? USPS__REC_PLAIN
+		      : narrow ? USPS__REC_NARROW
+			       : USPS__REC_WIDE;
+	uint8_t *o = out;
+
+	o = le32(o, (uint32_t)(hlen - 4 + line_len + 1));
+	*o++ = !ix ? 0 : narrow ? 1 : 2;
+	*o++ = ix ? ix->flags : 0;
+	o = le16(o, (uint32_t)hlen);
+	for (int i = 0; ix && i < USPS__IX_N; i++) {
+		if (narrow) {
+			o = le16(o, ix->off[i]);
+			o = le16(o, ix->len[i]);
+		} else {
+			o = le32(o, ix->off[i]);
+			o = le32(o, ix->len[i]);
+		}
+	}
+	return hlen;
+}
+
+int usps__rec_open(const char *rec, size_t n, const char **ret_line,
+		   size_t *ret_len, struct usps__frame *f)
+{
+	const uint8_t *h = (const uint8_t *)rec;
+	struct usps__span sp[USPS__IX_N];
+	size_t hlen, len;
+	uint8_t kind, flags;
+
+	if (n < USPS__REC_PLAIN + 1 || get32(h) != n - 4)
+		return -EPROTO;
+	kind = h[4];
+	flags = h[5];
+	hlen = get16(h + 6);
+	if (kind > 2 ||
+	    hlen != (kind == 0	 ? (size_t)USPS__REC_PLAIN
+		     : kind == 1 ? (size_t)USPS__REC_NARROW
+				 : (size_t)USPS__REC_WIDE) ||
+	    n < hlen + 1 || rec[n - 1] != '\n')
+		return -EPROTO;
+	*ret_line = rec + hlen;
+	*ret_len = len = n - hlen - 1;
+	if (kind == 0)
+		return 0;
+	for (int i = 0; i < USPS__IX_N; i++) {
+		const uint8_t *e = h + 8 + (size_t)i * (kind == 1 ? 4 : 8);
+		size_t off = kind == 1 ? get16(e) : get32(e);
+		size_t sn = kind == 1 ? get16(e + 2) : get32(e + 4);
+
+		if (off > len || sn > len - off)
+			return -EPROTO;
+		sp[i] = (struct usps__span){ sn ? rec + hlen + off : NULL, sn };
+	}
+	/* An event the broker did not index is parsed: nothing here walks
+	 * unvalidated JSON. */
+	if (!(flags & USPS__IXF_EV_KNOWN) || !sp[USPS__IX_TOPIC].n ||
+	    sp[USPS__IX_EVENT].n < 2 ||
+	    ((flags & USPS__IXF_GROUP) != 0) != (sp[USPS__IX_GROUP].n != 0))
+		return 0;
+	*f = (struct usps__frame){
+		.type = USPS__F_EVENT,
+		.topic = sp[USPS__IX_TOPIC],
+		.group = sp[USPS__IX_GROUP],
+		.group_kind = sp[USPS__IX_GROUP].n ? USPS__OPT_STRING
+						   : USPS__OPT_ABSENT,
+		.event = sp[USPS__IX_EVENT],
+	};
+	f->ev_known = true;
+	f->ev = (struct usps__event_fields){
+		.type = sp[USPS__IX_TYPE],
+		.id = sp[USPS__IX_ID],
+		.run_id = sp[USPS__IX_RUN_ID],
+		.data = sp[USPS__IX_DATA],
+		.created_at = sp[USPS__IX_CREATED],
+		.delivery_attempt = sp[USPS__IX_ATTEMPT],
+	};
+	return 1;
 }

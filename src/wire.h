@@ -112,6 +112,15 @@ enum usps__frame_type {
 	 * connection. Mastra clients ignore it and see the close.
 	 */
 	USPS__F_REFUSED,
+	/*
+	 * "usps.index": a usps extension. A usps client sends
+	 * {"type":"usps.index"} first on a connection to a broker of its
+	 * own uid: it can read indexed frames (below). A usps broker answers
+	 * with the same line, after which everything it sends that client is
+	 * records. A Mastra broker ignores the request, and a Mastra client
+	 * never sends it.
+	 */
+	USPS__F_INDEX,
 };
 
 /* How a "group" (or "localOnly") member was given. */
@@ -256,5 +265,95 @@ int usps__wire_put_frame_head(struct usps__buf *b, const struct usps__frame *f,
 
 /* ,"group":<raw group>}\n */
 int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group);
+
+/*
+ * Indexed frames. Between a usps broker and a usps client of the same uid
+ * (after "usps.index"), each frame the broker sends is a record: the frame's
+ * line, unchanged, behind a header that gives the spans a parse of it would
+ * find, so that the client never scans the event. All integers are
+ * little-endian:
+ *
+ *   u32 size   bytes after this field: the rest of the header, the line
+ *              and its '\n'
+ *   u8  kind   0: a plain frame (the client parses the line);
+ *              1: an event frame, spans as u16 pairs;
+ *              2: an event frame, spans as u32 pairs
+ *   u8  flags  USPS__IXF_EV_KNOWN, USPS__IXF_GROUP
+ *   u16 hlen   header bytes from the size field on: 8, 44 or 80
+ *   spans      kinds 1, 2: USPS__IX_N (offset, length) pairs, relative
+ *              to the line, in enum order; length 0: absent
+ *   line, '\n'
+ *
+ * The client checks that every span lies in the line, and trusts the rest
+ * (the broker validated the frame): indexed frames are only ever asked of a
+ * broker of one's own uid. Nothing that reads the spans may assume more than
+ * that: string spans are decoded with their quotes checked, createdAt is
+ * validated before it is walked.
+ */
+enum {
+	USPS__IX_TOPIC,
+	USPS__IX_GROUP,
+	USPS__IX_EVENT,
+	USPS__IX_TYPE,
+	USPS__IX_ID,
+	USPS__IX_RUN_ID,
+	USPS__IX_DATA,
+	USPS__IX_CREATED,
+	USPS__IX_ATTEMPT,
+	USPS__IX_N,
+};
+enum {
+	USPS__IXF_EV_KNOWN = 1, /* the event's members are in the index */
+	USPS__IXF_GROUP = 2,	/* the frame has a string "group" */
+};
+#define USPS__REC_PLAIN 8
+#define USPS__REC_NARROW (8 + USPS__IX_N * 4)
+#define USPS__REC_WIDE (8 + USPS__IX_N * 8)
+
+/* The spans of an event frame, as offsets into its line. */
+struct usps__ix {
+	uint32_t off[USPS__IX_N];
+	uint32_t len[USPS__IX_N];
+	uint8_t flags;
+};
+
+/*
+ * usps__ix_from_frame() - the index of the event frame @f, parsed from
+ * @line, whose "topic" is a string and "group" absent or a string.
+ */
+void usps__ix_from_frame(struct usps__ix *ix, const struct usps__frame *f,
+			 const char *line);
+
+/*
+ * usps__rec_head() - write the header of a record holding a line of
+ * @line_len bytes (plus its '\n') to @out: an event's with @ix, a plain
+ * frame's with @ix NULL. Returns the header's length (hlen), at most
+ * USPS__REC_WIDE. The line must be at most 4 GiB - 256 bytes.
+ */
+size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
+		      const struct usps__ix *ix);
+
+/*
+ * usps__rec_open() - read the record @rec of @n bytes, size field included
+ * (as usps__reader_next_record() gives it). Sets *ret_line and *ret_len to
+ * its line (without the '\n'). Returns 0 for a plain frame, or an event
+ * without a usable index (parse the line then), 1 for an event frame with
+ * @f filled as usps__wire_parse() would fill it, or -EPROTO for a malformed
+ * record (a bad header, a span out of the line).
+ */
+int usps__rec_open(const char *rec, size_t n, const char **ret_line,
+		   size_t *ret_len, struct usps__frame *f);
+
+/*
+ * usps__wire_put_frame_head_ix() - usps__wire_put_frame_head(), and, when
+ * @ix is not NULL, its index: the spans of the topic, the event and its
+ * members, as offsets from @b->p + @line_start. Returns 1 if @ix was
+ * filled, 0 if this event needs the line parsed for it (its members were
+ * rewritten: see usps__ix_from_frame()), or -ENOMEM.
+ */
+int usps__wire_put_frame_head_ix(struct usps__buf *b,
+				 const struct usps__frame *f,
+				 const char uuid[37], int64_t created_ms,
+				 size_t line_start, struct usps__ix *ix);
 
 #endif /* USPS_WIRE_H */

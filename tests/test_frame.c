@@ -1221,6 +1221,108 @@ TEST(wq_free_drops_refs)
 	free(p);
 }
 
+/* A record: the size field, then @n bytes of @body. */
+static size_t put_record(char *out, const char *body, size_t n)
+{
+	out[0] = (char)(n & 0xff);
+	out[1] = (char)(n >> 8 & 0xff);
+	out[2] = (char)(n >> 16 & 0xff);
+	out[3] = (char)(n >> 24 & 0xff);
+	memcpy(out + 4, body, n);
+	return n + 4;
+}
+
+/*
+ * After "usps.index" a stream turns from lines to records at a line's end:
+ * lines, then records, fed a byte at a time, come out whole and in order;
+ * a record's size above max_frame + USPS__REC_OVERHEAD is an error at once.
+ */
+TEST(reader_lines_then_records)
+{
+	struct usps__reader r;
+	char in[256];
+	const char *p;
+	size_t n, len = 0;
+
+	memcpy(in, "a\n{\"type\":\"usps.index\"}\n", 24);
+	len = 24;
+	len += put_record(in + len, "first\n", 6);
+	len += put_record(in + len, "", 0);
+	len += put_record(in + len, "sec\nond\n", 8);
+	usps__reader_init(&r, 32);
+	for (size_t i = 0; i < len; i++)
+		CHECK_EQ_INT(usps__reader_feed(&r, in + i, 1), 0);
+	MUST(usps__reader_next(&r, &p, &n) == 1);
+	CHECK(n == 1 && p[0] == 'a');
+	MUST(usps__reader_next(&r, &p, &n) == 1);
+	CHECK_EQ_INT(n, 21);
+	MUST(usps__reader_next_record(&r, &p, &n) == 1);
+	CHECK(n == 10 && !memcmp(p + 4, "first\n", 6));
+	MUST(usps__reader_next_record(&r, &p, &n) == 1);
+	CHECK_EQ_INT(n, 4);
+	MUST(usps__reader_next_record(&r, &p, &n) == 1);
+	CHECK(n == 12 && !memcmp(p + 4, "sec\nond\n", 8));
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), 0);
+	CHECK_EQ_INT(usps__reader_pending(&r), 0);
+
+	/* Partial: the size field, then part of the body. */
+	CHECK_EQ_INT(usps__reader_feed(&r, "\x05\x00", 2), 0);
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), 0);
+	CHECK_EQ_INT(usps__reader_feed(&r, "\x00\x00hel", 5), 0);
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), 0);
+	CHECK_EQ_INT(usps__reader_feed(&r, "lo", 2), 0);
+	MUST(usps__reader_next_record(&r, &p, &n) == 1);
+	CHECK(n == 9 && !memcmp(p + 4, "hello", 5));
+
+	/* 32 + 128 is the most; one more is refused before it arrives. */
+	CHECK_EQ_INT(usps__reader_feed(&r, "\xa0\x00\x00\x00", 4), 0);
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), 0);
+	usps__reader_free(&r);
+	usps__reader_init(&r, 32);
+	CHECK_EQ_INT(usps__reader_feed(&r, "\xa1\x00\x00\x00", 4), 0);
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), -EMSGSIZE);
+	usps__reader_free(&r);
+	usps__reader_init(&r, 32);
+	CHECK_EQ_INT(usps__reader_feed(&r, "\xff\xff\xff\xff", 4), 0);
+	CHECK_EQ_INT(usps__reader_next_record(&r, &p, &n), -EMSGSIZE);
+	usps__reader_free(&r);
+}
+
+/*
+ * A chunk queued from an offset (a record's line without its header, for
+ * a peer that reads lines): only the bytes from there are counted and
+ * written, while another queue sends the chunk whole.
+ */
+TEST(wq_push_at_skips_header)
+{
+	struct bytes a = { 0 }, b = { 0 };
+	int sa[2] = { -1, -1 }, sb[2] = { -1, -1 };
+	struct usps__chunk *c = usps__chunk_new("HDRline\n", 8);
+	struct usps__wq qa, qb;
+
+	MUST(c && make_pair(sa) && make_pair(sb));
+	usps__wq_init(&qa);
+	usps__wq_init(&qb);
+	CHECK_EQ_INT(usps__wq_push_at(&qa, c, 3), 0);
+	CHECK_EQ_INT(usps__wq_push(&qb, c), 0);
+	CHECK_EQ_INT(qa.queued_bytes, 5);
+	CHECK_EQ_INT(qa.pushed_total, 5);
+	CHECK_EQ_INT(qb.queued_bytes, 8);
+	CHECK_EQ_INT(c->refs, 3);
+	usps__chunk_unref(c);
+	CHECK_EQ_INT(usps__wq_flush(&qa, sa[0]), 0);
+	CHECK_EQ_INT(usps__wq_flush(&qb, sb[0]), 0);
+	CHECK_EQ_INT(qa.written_total, 5);
+	CHECK(read_ready(sa[1], &a) == 5 && !memcmp(a.p, "line\n", 5));
+	CHECK(read_ready(sb[1], &b) == 8 && !memcmp(b.p, "HDRline\n", 8));
+	usps__wq_free(&qa);
+	usps__wq_free(&qb);
+	close_pair(sa);
+	close_pair(sb);
+	free(a.p);
+	free(b.p);
+}
+
 int main(void)
 {
 	RUN(reader_every_split);
@@ -1245,5 +1347,7 @@ int main(void)
 	RUN(wq_closed_peer);
 	RUN(wq_shared_chunk);
 	RUN(wq_free_drops_refs);
+	RUN(reader_lines_then_records);
+	RUN(wq_push_at_skips_header);
 	return harness_end();
 }

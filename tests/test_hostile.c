@@ -7,6 +7,9 @@
 #include "common.h"
 
 #include <sys/resource.h>
+#include <sys/un.h>
+
+#include "wire.h"
 
 /* Sanitizers' shadow memory makes RSS meaningless as a bound. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -399,6 +402,195 @@ out:
 	free(data);
 }
 
+/*
+ * Next record from @fd (after "usps.index") into @out, whole, size field
+ * included, within @timeout_ms: its length, 0 on EOF, -ETIMEDOUT.
+ */
+static ssize_t raw_record(int fd, struct raw_reader *r, char *out, size_t cap,
+			  int timeout_ms)
+{
+	int64_t deadline = harness_now_ms() + timeout_ms;
+
+	for (;;) {
+		if (r->len >= 4) {
+			size_t n = 4 + ((size_t)(uint8_t)r->buf[0] |
+					(size_t)(uint8_t)r->buf[1] << 8 |
+					(size_t)(uint8_t)r->buf[2] << 16 |
+					(size_t)(uint8_t)r->buf[3] << 24);
+
+			if (n > cap || n > sizeof(r->buf))
+				return -EMSGSIZE;
+			if (r->len >= n) {
+				memcpy(out, r->buf, n);
+				memmove(r->buf, r->buf + n, r->len - n);
+				r->len -= n;
+				return (ssize_t)n;
+			}
+		}
+		int64_t left = deadline - harness_now_ms();
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+
+		if (left <= 0 || poll(&p, 1, (int)left) == 0)
+			return -ETIMEDOUT;
+		ssize_t got = recv(fd, r->buf + r->len, sizeof(r->buf) - r->len,
+				   MSG_DONTWAIT);
+
+		if (got == 0)
+			return 0;
+		if (got > 0)
+			r->len += (size_t)got;
+	}
+}
+
+static bool same_span(struct usps__span a, struct usps__span b)
+{
+	return a.n == b.n && (!a.n || !memcmp(a.p, b.p, a.n));
+}
+
+/*
+ * A peer of our uid that asks for indexed frames ("usps.index") is told
+ * yes and then gets records: acks as plain records, events with an index
+ * that matches a parse of the very line a peer without them gets.
+ */
+TEST(indexed_frames)
+{
+	struct raw_reader ra = { 0 }, rb = { 0 };
+	char line[4096], rec[4096], want[4096];
+	struct usps__frame f, g;
+	const char *l;
+	size_t n;
+	usps *b;
+	int ia, pb;
+
+	REQUIRE(usps_open(&b, sock(), NULL) == 0);
+	ia = raw_connect(sock());
+	pb = raw_connect(sock());
+	REQUIRE(ia >= 0 && pb >= 0);
+	CHECK_EQ_INT(raw_sends(ia,
+			       "{\"type\":\"usps.index\"}\n"
+			       "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"),
+		     0);
+	CHECK_EQ_INT(
+		raw_sends(pb, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
+	CHECK_EQ_INT(raw_line(ia, &ra, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+	CHECK_EQ_INT(raw_line(pb, &rb, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"subscribed\",\"topic\":\"t\"}");
+	/* The ack, as a plain record. */
+	ssize_t k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
+
+	REQUIRE(k > 0);
+	CHECK_EQ_INT(usps__rec_open(rec, (size_t)k, &l, &n, &f), 0);
+	CHECK(n == strlen(line) && !memcmp(l, line, n));
+
+	CHECK_EQ_INT(usps_publish_ex(b, "t", "ix", "{\"k\":[1,2]}", 11, "r1",
+				     "{\"n\":3}", 7, 0),
+		     0);
+	CHECK_EQ_INT(raw_line(pb, &rb, want, sizeof(want), 5000), 1);
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
+	REQUIRE(k > 0);
+	REQUIRE(usps__rec_open(rec, (size_t)k, &l, &n, &f) == 1);
+	CHECK(n == strlen(want) && !memcmp(l, want, n));
+	REQUIRE(usps__wire_parse(l, n, &g) == 0);
+	CHECK(same_span(f.topic, g.topic) && same_span(f.event, g.event));
+	CHECK(f.ev_known && g.ev_known);
+	for (int i = 0; i < 6; i++)
+		CHECK(same_span((&f.ev.type)[i], (&g.ev.type)[i]));
+	CHECK(f.ev.data.n == 11 && !memcmp(f.ev.data.p, "{\"k\":[1,2]}", 11));
+	close(ia);
+	close(pb);
+	usps_close(b);
+}
+
+/* Accept one connection on @lfd within @timeout_ms: the fd or -errno. */
+static int accept_within(int lfd, int timeout_ms)
+{
+	struct pollfd p = { .fd = lfd, .events = POLLIN };
+
+	if (poll(&p, 1, timeout_ms) <= 0)
+		return -ETIMEDOUT;
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * A broker (here a fake one, of our uid) that says yes to "usps.index" and
+ * then sends a record that lies about its spans: the client hangs up, as
+ * on any broken stream, asks again on the next connection, and takes good
+ * records there.
+ */
+TEST(broken_record_from_broker)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct raw_reader rr = { 0 };
+	struct usps__ix ix = { 0 };
+	struct usps__frame f;
+	struct col cc;
+	char line[4096], rec[512];
+	const char *ev = "{\"type\":\"event\",\"topic\":\"t\",\"event\":"
+			 "{\"type\":\"good\",\"data\":1}}";
+	uint8_t head[USPS__REC_WIDE];
+	usps_options o;
+	size_t hlen;
+	usps_sub *sub;
+	usps *c;
+	int lfd, fd;
+
+	col_init(&cc);
+	usps_options_init(&o);
+	o.membership_ack_timeout_ms = 100; /* nobody acks here */
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(lfd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock());
+	REQUIRE(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	REQUIRE(listen(lfd, 8) == 0);
+	REQUIRE(usps_open(&c, sock(), &o) == 0);
+	CHECK(!usps_is_broker(c));
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &sub), 0);
+	fd = accept_within(lfd, 5000);
+	REQUIRE(fd >= 0);
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.index\"}\n"), 0);
+	/* The topic's span runs past the line. */
+	ix.off[USPS__IX_TOPIC] = 24;
+	ix.len[USPS__IX_TOPIC] = 4000;
+	ix.off[USPS__IX_EVENT] = 36;
+	ix.len[USPS__IX_EVENT] = 2;
+	ix.flags = USPS__IXF_EV_KNOWN;
+	hlen = usps__rec_head(head, strlen(ev), &ix);
+	memcpy(rec, head, hlen);
+	memcpy(rec + hlen, ev, strlen(ev));
+	rec[hlen + strlen(ev)] = '\n';
+	CHECK_EQ_INT(raw_send(fd, rec, hlen + strlen(ev) + 1), 0);
+	CHECK_EQ_INT(raw_wait_closed(fd, 5000), 1);
+	close(fd);
+
+	/* It comes back, asks again, and reads a good record. */
+	fd = accept_within(lfd, 5000);
+	REQUIRE(fd >= 0);
+	rr.len = 0;
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"subscribe\",\"topic\":\"t\"}");
+	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.index\"}\n"), 0);
+	REQUIRE(usps__wire_parse(ev, strlen(ev), &f) == 0);
+	usps__ix_from_frame(&ix, &f, ev);
+	hlen = usps__rec_head(head, strlen(ev), &ix);
+	memcpy(rec, head, hlen);
+	memcpy(rec + hlen, ev, strlen(ev));
+	rec[hlen + strlen(ev)] = '\n';
+	CHECK_EQ_INT(raw_send(fd, rec, hlen + strlen(ev) + 1), 0);
+	CHECK_EQ_INT(col_wait(&cc, 1, 5000), 1);
+	CHECK(col_has(&cc, "good"));
+	close(fd);
+	close(lfd);
+	usps_close(c);
+	col_free(&cc);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -408,5 +600,7 @@ int main(void)
 	RUN(many_memberships);
 	RUN(too_many_connections);
 	RUN(sigstopped_subscriber);
+	RUN(indexed_frames);
+	RUN(broken_record_from_broker);
 	return harness_end();
 }

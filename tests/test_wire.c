@@ -1608,6 +1608,200 @@ TEST(event_head_output_parses)
 	usps__buf_free(&b);
 }
 
+/* Build the event frame for the publish @line as the broker does, with its
+ * index; @record gets header + line + '\n'. Returns what the head gave. */
+static int build_indexed(const char *line, struct usps__buf *record,
+			 struct usps__ix *ix)
+{
+	struct usps__buf b = { 0 };
+	uint8_t head[USPS__REC_WIDE];
+	struct usps__frame f;
+	size_t hlen;
+	int r;
+
+	if (parse(line, &f) < 0)
+		return -1;
+	r = usps__wire_put_frame_head_ix(&b, &f, UUID, INT64_C(1700000000000),
+					 0, ix);
+	if (r < 0 || usps__buf_put(&b, "}\n", 2) < 0) {
+		usps__buf_free(&b);
+		return -1;
+	}
+	hlen = usps__rec_head(head, b.len - 1, r == 1 ? ix : NULL);
+	record->len = 0;
+	if (usps__buf_put(record, head, hlen) < 0 ||
+	    usps__buf_put(record, b.p, b.len) < 0)
+		r = -1;
+	usps__buf_free(&b);
+	return r;
+}
+
+static bool same_span(struct usps__span a, struct usps__span b)
+{
+	return a.n == b.n && (!a.n || !memcmp(a.p, b.p, a.n));
+}
+
+/*
+ * The index built with the head is what a parse of the finished frame
+ * finds, and a client opening the record gets those spans without a scan.
+ * Events whose members the head rewrites (a stamped key), or that are not
+ * objects, are not indexed: they go out as plain records, parsed.
+ */
+TEST(index_matches_parse)
+{
+	static const char *const indexed[] = {
+		"{\"type\":\"hello\",\"data\":{\"msg\":\"hi\"}}",
+		"{}",
+		"{ \"a\" : 1 ,\t\"b\":[1,{\"id\":2}] }",
+		"{\"type\":\"t\",\"runId\":\"r1\",\"data\":[1,\"x\"],\"z\":1}",
+		"{\"type\":5,\"data\":null,\"data\":7}",
+		"{\"t\\u0079pe\":\"esc\",\"data\":\"\\u00e9\"}",
+	};
+	static const char *const plain[] = {
+		"{\"id\":\"mine\",\"a\":1}",
+		"{\"a\":1,\"createdAt\":\"x\"}",
+		"{\"deliveryAttempt\":9}",
+		"[1,2]",
+		"\"str\"",
+		"null",
+	};
+	struct usps__buf rec = { 0 };
+	struct usps__frame f, g;
+	struct usps__ix ix;
+	const char *line;
+	size_t len;
+	char pub[512];
+
+	for (size_t i = 0; i < sizeof(indexed) / sizeof(indexed[0]); i++) {
+		snprintf(pub, sizeof(pub),
+			 "{\"type\":\"publish\",\"topic\":\"a\\\"b\","
+			 "\"event\":%s}",
+			 indexed[i]);
+		REQUIRE(build_indexed(pub, &rec, &ix) == 1);
+		CHECK_EQ_INT(rec.p[4], 1); /* narrow */
+		REQUIRE(usps__rec_open(rec.p, rec.len, &line, &len, &f) == 1);
+		CHECK_EQ_INT(line - rec.p, USPS__REC_NARROW);
+		REQUIRE(usps__wire_parse(line, len, &g) == 0);
+		CHECK(g.type == USPS__F_EVENT && f.type == USPS__F_EVENT);
+		CHECK(same_span(f.topic, g.topic));
+		CHECK(f.group_kind == USPS__OPT_ABSENT && !f.group.n);
+		CHECK(same_span(f.event, g.event));
+		CHECK(f.ev_known && g.ev_known);
+		for (int k = 0; k < 6; k++)
+			CHECK(same_span((&f.ev.type)[k], (&g.ev.type)[k]));
+		CHECK_SPAN(f.ev.delivery_attempt, "1");
+		CHECK_SPAN(f.ev.id, "\"" UUID "\"");
+	}
+	CHECK_SPAN(f.ev.data, "\"\\u00e9\"");
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+		snprintf(pub, sizeof(pub),
+			 "{\"type\":\"publish\",\"topic\":\"t\",\"event\":%s}",
+			 plain[i]);
+		REQUIRE(build_indexed(pub, &rec, &ix) == 0);
+		CHECK_EQ_INT(rec.p[4], 0);
+		CHECK_EQ_INT(usps__rec_open(rec.p, rec.len, &line, &len, &f),
+			     0);
+		CHECK_EQ_INT(line - rec.p, USPS__REC_PLAIN);
+		CHECK_EQ_INT(usps__wire_parse(line, len, &g), 0);
+	}
+	usps__buf_free(&rec);
+}
+
+/* A line over 64 KiB takes u32 spans; a group is indexed too. */
+TEST(index_wide_and_group)
+{
+	struct usps__buf big = { 0 }, rec = { 0 };
+	struct usps__frame f, g;
+	struct usps__ix ix;
+	const char *line;
+	size_t len;
+
+	REQUIRE(usps__buf_put(&big,
+			      "{\"type\":\"publish\",\"topic\":\"t\","
+			      "\"event\":{\"data\":\"",
+			      47) == 0);
+	for (int i = 0; i < 70000; i++)
+		REQUIRE(usps__buf_put(&big, "x", 1) == 0);
+	REQUIRE(usps__buf_put(&big, "\",\"type\":\"w\"}}", 15) == 0);
+	REQUIRE(build_indexed(cstr(&big), &rec, &ix) == 1);
+	CHECK_EQ_INT(rec.p[4], 2);
+	REQUIRE(usps__rec_open(rec.p, rec.len, &line, &len, &f) == 1);
+	CHECK_EQ_INT(line - rec.p, USPS__REC_WIDE);
+	CHECK_EQ_INT(f.ev.data.n, 70002);
+	CHECK_SPAN(f.ev.type, "\"w\"");
+
+	/* The group member the broker appends, by hand here. */
+	REQUIRE(build_indexed("{\"type\":\"publish\",\"topic\":\"t\","
+			      "\"event\":{\"type\":\"g\"}}",
+			      &rec, &ix) == 1);
+	{
+		struct usps__buf l = { 0 };
+		uint8_t head[USPS__REC_WIDE];
+		size_t hlen;
+
+		REQUIRE(usps__buf_put(&l, rec.p + USPS__REC_NARROW,
+				      rec.len - USPS__REC_NARROW - 2) == 0);
+		ix.off[USPS__IX_GROUP] = (uint32_t)(l.len + 9);
+		ix.len[USPS__IX_GROUP] = 4;
+		ix.flags |= USPS__IXF_GROUP;
+		REQUIRE(usps__wire_put_group_tail(
+				&l, (struct usps__span){ "\"g1\"", 4 }) == 0);
+		hlen = usps__rec_head(head, l.len - 1, &ix);
+		rec.len = 0;
+		REQUIRE(usps__buf_put(&rec, head, hlen) == 0 &&
+			usps__buf_put(&rec, l.p, l.len) == 0);
+		usps__buf_free(&l);
+	}
+	REQUIRE(usps__rec_open(rec.p, rec.len, &line, &len, &f) == 1);
+	REQUIRE(usps__wire_parse(line, len, &g) == 0);
+	CHECK(f.group_kind == USPS__OPT_STRING && same_span(f.group, g.group));
+	CHECK_SPAN(f.group, "\"g1\"");
+	usps__buf_free(&big);
+	usps__buf_free(&rec);
+}
+
+/* Whatever a record claims, nothing outside it is pointed at. */
+TEST(record_open_rejects)
+{
+	struct usps__buf rec = { 0 };
+	struct usps__frame f;
+	struct usps__ix ix;
+	const char *line;
+	size_t len;
+	char *bad;
+
+	REQUIRE(build_indexed("{\"type\":\"publish\",\"topic\":\"t\","
+			      "\"event\":{\"type\":\"x\",\"data\":1}}",
+			      &rec, &ix) == 1);
+	REQUIRE(usps__rec_open(rec.p, rec.len, &line, &len, &f) == 1);
+	bad = malloc(rec.len);
+	REQUIRE(bad);
+#define TRY(what, want)                                                     \
+	do {                                                                \
+		memcpy(bad, rec.p, rec.len);                                \
+		what;                                                       \
+		CHECK_EQ_INT(usps__rec_open(bad, rec.len, &line, &len, &f), \
+			     want);                                         \
+	} while (0)
+	TRY((void)0, 1);
+	TRY(bad[0]++, -EPROTO);		      /* size field */
+	TRY(bad[4] = 3, -EPROTO);	      /* kind */
+	TRY(bad[4] = 2, -EPROTO);	      /* kind without its hlen */
+	TRY(bad[6] = 8, -EPROTO);	      /* hlen */
+	TRY(bad[rec.len - 1] = ' ', -EPROTO); /* no '\n' */
+	TRY(bad[8] = (char)0xff, -EPROTO);    /* topic offset out */
+	TRY(bad[11] = 1, -EPROTO);	      /* topic length out */
+	TRY(bad[5] = 0, 0);		      /* not indexed: parse it */
+	TRY(bad[5] |= USPS__IXF_GROUP, 0);    /* flag without a span */
+	TRY((bad[16] = 0, bad[17] = 0, bad[18] = 0, bad[19] = 0), 0);
+#undef TRY
+	CHECK_EQ_INT(usps__rec_open(rec.p, 8, &line, &len, &f), -EPROTO);
+	CHECK_EQ_INT(usps__rec_open(rec.p, rec.len - 1, &line, &len, &f),
+		     -EPROTO);
+	free(bad);
+	usps__buf_free(&rec);
+}
+
 int main(void)
 {
 	RUN(validate_accepts);
@@ -1644,5 +1838,8 @@ int main(void)
 	RUN(event_head_replace_in_place);
 	RUN(event_head_odd_events);
 	RUN(event_head_output_parses);
+	RUN(index_matches_parse);
+	RUN(index_wide_and_group);
+	RUN(record_open_rejects);
 	return harness_end();
 }
