@@ -950,6 +950,28 @@ static const uint8_t *unescape_utf8(const uint8_t *r, const uint8_t *e,
 	return r;
 }
 
+/* The first '\\' in [r, e), or NULL. Inline: most strings here are short
+ * (topics, types, UUIDs), where a call to memchr() costs more than the
+ * search. */
+static HOT_INLINE const uint8_t *find_backslash(const uint8_t *r,
+						const uint8_t *e)
+{
+#ifdef __SSE2__
+	while (e - r >= 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)r);
+		unsigned m = (unsigned)_mm_movemask_epi8(
+			_mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+
+		if (m)
+			return r + __builtin_ctz(m);
+		r += 16;
+	}
+#endif
+	while (r < e && *r != '\\')
+		r++;
+	return r < e ? r : NULL;
+}
+
 int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len)
 {
 	const uint8_t *r, *e, *bs;
@@ -961,7 +983,7 @@ int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len)
 	r = (const uint8_t *)s.p + 1;
 	e = (const uint8_t *)s.p + s.n - 1;
 	while (r < e) {
-		bs = memchr(r, '\\', (size_t)(e - r));
+		bs = find_backslash(r, e);
 		if (!bs) {
 			memcpy(o, r, (size_t)(e - r));
 			o += e - r;
