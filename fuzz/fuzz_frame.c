@@ -47,21 +47,29 @@ static void open_record(const char *rec, size_t n)
 	}
 }
 
+/* Feed @r the next @chunk bytes of the input; false at its end. */
+static bool feed(struct usps__reader *r, const char *in, size_t size,
+		 size_t *pos, size_t chunk)
+{
+	size_t n = size - *pos < chunk ? size - *pos : chunk;
+
+	if (*pos >= size || usps__reader_feed(r, in + *pos, n) < 0)
+		return false;
+	*pos += n;
+	return true;
+}
+
 static void read_records(const char *in, size_t size, size_t chunk, size_t max)
 {
 	struct usps__reader r;
 	size_t pos = 0, expect = 0;
 
 	usps__reader_init(&r, max);
-	while (pos < size) {
-		size_t n = size - pos < chunk ? size - pos : chunk;
+	while (feed(&r, in, size, &pos, chunk)) {
 		const char *rec;
 		size_t len;
 		int k;
 
-		if (usps__reader_feed(&r, in + pos, n) < 0)
-			break;
-		pos += n;
 		while ((k = usps__reader_next_record(&r, &rec, &len)) == 1) {
 			if (len < 4 || len > pos - expect ||
 			    memcmp(rec, in + expect, len) != 0)
@@ -89,15 +97,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size--;
 	usps__reader_init(&r, max);
 	expect = 0; /* offset in the input of the next expected line */
-	while (pos < size) {
-		size_t n = size - pos < chunk ? size - pos : chunk;
+	while (feed(&r, in, size, &pos, chunk)) {
 		const char *line;
 		size_t len;
 		int k;
 
-		if (usps__reader_feed(&r, in + pos, n) < 0)
-			break;
-		pos += n;
 		while ((k = usps__reader_next(&r, &line, &len)) == 1) {
 			const char *nl =
 				memchr(in + expect, '\n', size - expect);
