@@ -540,10 +540,11 @@ static int make_out(usps *ps, size_t head, const struct usps__ix *ix,
 	struct usps__ix gix;
 	int r;
 
+	*o = (struct out){ 0 };
 	ps->scratch.len = head;
 	r = group.n ? usps__wire_put_group_tail(&ps->scratch, group)
 		    : usps__buf_put(&ps->scratch, "}\n", 2);
-	if (r == 0) {
+	if (r >= 0) {
 		if (ix && group.n) {
 			gix = *ix;
 			gix.off[USPS__IX_GROUP] =
