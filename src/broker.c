@@ -380,6 +380,16 @@ struct out {
 /* Frames are built this far into a buffer, leaving room for a header. */
 #define LINE_AT ((size_t)USPS__REC_WIDE)
 
+/* Empty ps->scratch for a frame built from LINE_AT on. 0 or -ENOMEM. */
+static int scratch_start(usps *ps, size_t n)
+{
+	ps->scratch.len = 0;
+	if (usps__buf_reserve(&ps->scratch, LINE_AT + n) < 0)
+		return -ENOMEM;
+	ps->scratch.len = LINE_AT;
+	return 0;
+}
+
 /*
  * The frame built in @b from LINE_AT to its end ('\n' included), with the
  * record header for the index @ix (NULL: a plain frame) written in front.
@@ -595,10 +605,8 @@ void usps__broker_publish(usps *ps, struct peer *from,
 		goto out;
 	/* Room for a record header first; an event the head could not index
 	 * goes to indexed peers as a plain record (they parse it). */
-	ps->scratch.len = 0;
-	if (usps__buf_reserve(&ps->scratch, LINE_AT) < 0)
+	if (scratch_start(ps, 0) < 0)
 		goto out;
-	ps->scratch.len = LINE_AT;
 	r = usps__wire_put_frame_head_ix(
 		&ps->scratch, f, uuid,
 		ps->stamp_ms ? ps->stamp_ms : usps__wall_ms(), LINE_AT, &ix);
@@ -675,11 +683,8 @@ static void send_ack(usps *ps, struct peer *p, const struct usps__frame *f,
 	/* The ack echoes "group" unless it was absent or undefined. */
 	if (f->group_kind == USPS__OPT_UNDEFINED)
 		group.n = 0;
-	ps->scratch.len = 0;
-	if (usps__buf_reserve(&ps->scratch, LINE_AT) < 0)
-		return;
-	ps->scratch.len = LINE_AT;
-	if (usps__wire_put_ack(&ps->scratch, unsub, f->topic, group) < 0)
+	if (scratch_start(ps, 0) < 0 ||
+	    usps__wire_put_ack(&ps->scratch, unsub, f->topic, group) < 0)
 		return;
 	o = out_of(&ps->scratch, NULL);
 	peer_send(ps, p, &o);
@@ -723,10 +728,8 @@ static void send_line(usps *ps, struct peer *p, const char *line, size_t n)
 {
 	struct out o;
 
-	ps->scratch.len = 0;
-	if (usps__buf_reserve(&ps->scratch, LINE_AT + n) < 0)
+	if (scratch_start(ps, n) < 0)
 		return;
-	ps->scratch.len = LINE_AT;
 	(void)usps__buf_put(&ps->scratch, line, n);
 	o = out_of(&ps->scratch, NULL);
 	peer_send(ps, p, &o);

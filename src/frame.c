@@ -262,15 +262,12 @@ int usps__reader_next_record(struct usps__reader *r, const char **ret_rec,
 			     size_t *ret_len)
 {
 	size_t have, size;
-	uint8_t b[4];
 
 	settle(r);
 	have = r->len - r->start;
 	if (have < 4)
 		return 0;
-	memcpy(b, r->buf + r->start, 4);
-	size = (size_t)b[0] | (size_t)b[1] << 8 | (size_t)b[2] << 16 |
-	       (size_t)b[3] << 24;
+	size = usps__get_le32(r->buf + r->start);
 	if (size > USPS__REC_OVERHEAD &&
 	    size - USPS__REC_OVERHEAD > r->max_frame)
 		return -EMSGSIZE;

@@ -60,6 +60,14 @@ int usps__reader_next(struct usps__reader *r, const char **ret_line,
  * "usps.index"), the rest of its stream is records, each a little-endian
  * u32 size then that many bytes (a header, a line, its '\n').
  */
+/* The little-endian u32 at @p (a record's size field, its spans). */
+static inline uint32_t usps__get_le32(const void *p)
+{
+	const uint8_t *b = p;
+
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+	       (uint32_t)b[3] << 24;
+}
 /* Most header bytes a record holds around a line of at most max_frame. */
 #define USPS__REC_OVERHEAD ((size_t)128)
 /*

@@ -26,6 +26,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "frame.h"
 #include "wire.h"
 
 /* ---- growable buffers ---------------------------------------------- */
@@ -1798,10 +1799,9 @@ static int put_string_members(struct usps__buf *b, struct usps__span v)
 
 /*
  * Object event known to have none of the stamped keys: its members are
- * copied in one run, without the walk (the head is the same).
+ * copied in one run, without the walk (the head is the same). *@from is
+ * where the copy began in @event.
  */
-/* The members of an object event copied in one run; *@from is where the
- * copy began in @event. */
 static int put_plain_members(struct usps__buf *b, struct usps__span event,
 			     const char **from)
 {
@@ -2052,12 +2052,6 @@ static uint32_t get16(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8;
 }
 
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
 size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
 		      const struct usps__ix *ix)
 {
@@ -2092,7 +2086,7 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 	size_t hlen, len;
 	uint8_t kind, flags;
 
-	if (n < USPS__REC_PLAIN + 1 || get32(h) != n - 4)
+	if (n < USPS__REC_PLAIN + 1 || usps__get_le32(h) != n - 4)
 		return -EPROTO;
 	kind = h[4];
 	flags = h[5];
@@ -2109,8 +2103,8 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 		return 0;
 	for (int i = 0; i < USPS__IX_N; i++) {
 		const uint8_t *e = h + 8 + (size_t)i * (kind == 1 ? 4 : 8);
-		size_t off = kind == 1 ? get16(e) : get32(e);
-		size_t sn = kind == 1 ? get16(e + 2) : get32(e + 4);
+		size_t off = kind == 1 ? get16(e) : usps__get_le32(e);
+		size_t sn = kind == 1 ? get16(e + 2) : usps__get_le32(e + 4);
 
 		if (off > len || sn > len - off)
 			return -EPROTO;

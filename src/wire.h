@@ -348,8 +348,9 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
  * usps__wire_put_frame_head_ix() - usps__wire_put_frame_head(), and, when
  * @ix is not NULL, its index: the spans of the topic, the event and its
  * members, as offsets from @b->p + @line_start. Returns 1 if @ix was
- * filled, 0 if this event needs the line parsed for it (its members were
- * rewritten: see usps__ix_from_frame()), or -ENOMEM.
+ * filled, 0 if not (the members were rewritten, or the event is not an
+ * object: the line goes out as a plain record, which the client parses),
+ * or -ENOMEM.
  */
 int usps__wire_put_frame_head_ix(struct usps__buf *b,
 				 const struct usps__frame *f,
