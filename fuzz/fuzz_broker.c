@@ -29,10 +29,11 @@ static const char good_subs[] =
 
 static usps *broker_new(void)
 {
-	usps *ps = calloc(1, sizeof(*ps));
+	usps *ps = aligned_alloc(alignof(usps), sizeof(*ps));
 
 	if (!ps)
 		abort();
+	memset(ps, 0, sizeof(*ps));
 	usps_options_init(&ps->opt);
 	ps->opt.max_inbound_frame_bytes = 1u << 16;
 	ps->opt.max_client_queued_bytes = 1u << 20;

@@ -105,6 +105,8 @@ void usps__client_take_outbox(usps *ps)
 		ps->conn_out = ps->outbox;
 		ps->outbox = t;
 		ps->outbox.len = 0;
+		atomic_store_explicit(&ps->outbox_queued, false,
+				      memory_order_relaxed);
 		ps->conn_off = 0;
 		took = true;
 		ps->out_taken = ps->out_appended;
@@ -203,6 +205,8 @@ static void requeue_unsent(usps *ps)
 
 		ps->outbox = keep;
 		keep = t;
+		atomic_store_explicit(&ps->outbox_queued, true,
+				      memory_order_relaxed);
 		/* Taken back: not done, to be taken again. */
 		ps->out_taken -= ps->outbox.len - keep.len;
 		ps->conn_out_end = ps->out_taken;

@@ -86,6 +86,8 @@ static void broker_take_outbox(usps *ps)
 		t = ps->outbox;
 		ps->outbox = *b;
 		ps->outbox.len = 0;
+		atomic_store_explicit(&ps->outbox_queued, false,
+				      memory_order_relaxed);
 		ps->out_taken += t.len;
 		if (t.len)
 			pthread_cond_broadcast(&ps->out_cond);

@@ -15,6 +15,7 @@
 #define USPS_INTERNAL_H
 
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -311,6 +312,10 @@ void usps__engine_rejoin(usps *ps, int delay_ms);
 int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
 			  bool modify);
 
+/* The cache line size assumed for keeping hot fields apart. */
+#define USPS__CACHE_LINE 64
+
+/* Allocated with that alignment (usps_open()). */
 struct usps {
 	char *path;
 	size_t path_len;
@@ -321,13 +326,20 @@ struct usps {
 	usps_options opt;
 	uid_t uid;
 
-	pthread_mutex_t lock;
+	/* Every API call writes inflight and reads stopping, while the I/O
+	 * thread writes ps->lock every turn: each has a cache line of its
+	 * own, so that publishing threads do not wait for the line. */
+	alignas(USPS__CACHE_LINE) atomic_uint inflight; /* callers in the API */
+	atomic_bool stopping; /* usps_close() began; set under all locks */
+	/* Written under out_lock, read without it by publish_direct() as a
+	 * hint: the outbox holds bytes, so the direct path cannot be taken. */
+	atomic_bool outbox_queued;
+
+	alignas(USPS__CACHE_LINE) pthread_mutex_t lock;
 	pthread_cond_t cond; /* role changes, acks, flush progress */
 	enum role role;
-	atomic_bool stopping; /* usps_close() began; set under all locks */
-	atomic_uint inflight; /* callers inside the API */
-	int open_error;	      /* a permanent join error, for usps_open() */
-	uint64_t role_gen;    /* bumped on every role change */
+	int open_error;	   /* a permanent join error, for usps_open() */
+	uint64_t role_gen; /* bumped on every role change */
 
 	/* engine */
 	pthread_t io_thread;
@@ -405,7 +417,7 @@ struct usps {
 	uint64_t hash_seed;
 
 	/* outbox, under out_lock */
-	pthread_mutex_t out_lock;
+	alignas(USPS__CACHE_LINE) pthread_mutex_t out_lock;
 	pthread_cond_t out_cond;
 	struct usps__buf outbox;
 	struct usps__buf route; /* taken from the outbox, being routed */
@@ -416,7 +428,7 @@ struct usps {
 	unsigned flush_waiters; /* under ps->lock */
 
 	/* delivery, under dq_lock */
-	pthread_mutex_t dq_lock;
+	alignas(USPS__CACHE_LINE) pthread_mutex_t dq_lock;
 	pthread_cond_t dq_cond;
 	pthread_t dl_thread;
 	bool dl_started;

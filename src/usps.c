@@ -199,9 +199,12 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	if (r < 0)
 		return r;
 
-	ps = calloc(1, sizeof(*ps));
+	/* sizeof is a multiple of the struct's alignment, as C11's
+	 * aligned_alloc() wants. */
+	ps = aligned_alloc(alignof(usps), sizeof(*ps));
 	if (!ps)
 		return -ENOMEM;
+	memset(ps, 0, sizeof(*ps));
 	ps->opt = o;
 	ps->uid = geteuid();
 	ps->epfd = ps->wakefd = ps->inofd = -1;
@@ -546,7 +549,9 @@ static bool publish_direct(usps *ps, const char *topic, size_t tlen,
 	bool done = false;
 	size_t n;
 
-	if (pthread_mutex_trylock(&ps->lock) != 0)
+	/* Only into an empty outbox; a stale hint costs a missed chance. */
+	if (atomic_load_explicit(&ps->outbox_queued, memory_order_relaxed) ||
+	    pthread_mutex_trylock(&ps->lock) != 0)
 		return false;
 	if (ps->stopping)
 		goto out;
@@ -678,8 +683,11 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 
 	r = usps__wire_put_publish(&ps->outbox, topic, tlen, type, ylen, run_id,
 				   data, extra);
-	if (r == 0)
+	if (r == 0) {
 		ps->out_appended += ps->outbox.len - before;
+		atomic_store_explicit(&ps->outbox_queued, true,
+				      memory_order_relaxed);
+	}
 out_unlock:
 	pthread_mutex_unlock(&ps->out_lock);
 	if (r == 0 && was_empty)
