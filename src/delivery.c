@@ -170,29 +170,22 @@ static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 	memcpy(e->buf, line, len);
 	e->buf[len] = '\0';
 	pos = e->buf + len + 1;
-#define REBASE(sp) ((struct usps__span){ e->buf + ((sp).p - line), (sp).n })
-	ev = f->event.n ? REBASE(f->event) : (struct usps__span){ 0 };
-	e->ev.topic = put_str(REBASE(f->topic), &pos, &e->ev.topic_len);
+	/* Strings are decoded from @line, not from the copy just written:
+	 * reading that back at once would stall on the stores in flight. */
+	ev = f->event.n ? (struct usps__span){ e->buf + (f->event.p - line),
+					       f->event.n }
+			: (struct usps__span){ 0 };
+	e->ev.topic = put_str(f->topic, &pos, &e->ev.topic_len);
 	if (!e->ev.topic)
 		goto fail;
 	if (f->group_kind == USPS__OPT_STRING)
-		e->ev.group = put_str(REBASE(f->group), &pos, NULL);
-#undef REBASE
+		e->ev.group = put_str(f->group, &pos, NULL);
 	memset(&ef, 0, sizeof(ef));
 	if (f->ev_known) {
-#define REBASE2(sp)                                                     \
-	((struct usps__span){ (sp).n ? e->buf + ((sp).p - line) : NULL, \
-			      (sp).n })
-		ef.type = REBASE2(f->ev.type);
-		ef.id = REBASE2(f->ev.id);
-		ef.run_id = REBASE2(f->ev.run_id);
-		ef.data = REBASE2(f->ev.data);
-		ef.created_at = REBASE2(f->ev.created_at);
-		ef.delivery_attempt = REBASE2(f->ev.delivery_attempt);
-#undef REBASE2
+		ef = f->ev;
 		e->ev.event_json = ev.p;
 		e->ev.event_json_len = ev.n;
-	} else if (ev.n && usps__wire_event_fields(ev, &ef) == 0) {
+	} else if (f->event.n && usps__wire_event_fields(f->event, &ef) == 0) {
 		e->ev.event_json = ev.p;
 		e->ev.event_json_len = ev.n;
 	} else {
