@@ -45,7 +45,8 @@ static usps *broker_new(void)
 	ps->epfd = epoll_create1(EPOLL_CLOEXEC);
 	pthread_mutex_init(&ps->dq_lock, NULL);
 	pthread_cond_init(&ps->dq_cond, NULL);
-	usps__uuidgen_init(&ps->uuid);
+	if (usps__uuidgen_init(&ps->uuid) < 0)
+		abort();
 	if (ps->epfd < 0)
 		abort();
 	return ps;

@@ -250,7 +250,8 @@ USPS_API int usps_unsubscribe(usps *ps, usps_sub *sub);
  * one valid JSON value, unknown flag), -EMSGSIZE (the frame would exceed
  * max_inbound_frame_bytes), -ENOMEM, -EAGAIN (outbox full and
  * USPS_NONBLOCK), -ETIMEDOUT (outbox stayed full for open_timeout_ms),
- * -ESHUTDOWN (@ps is closing).
+ * -ESHUTDOWN (@ps is closing), -EIO (USPS_LOCAL_ONLY: no random bytes
+ * for the event's id).
  * Thread-safe; may be called from a handler.
  */
 USPS_API int usps_publish(usps *ps, const char *topic, const char *type,

@@ -6,7 +6,8 @@
 # benchmarks). Quick and silent when everything is already installed.
 set -euo pipefail
 
-pkgs=(cmake make gcc g++ clang libclang-rt-14-dev pkg-config nodejs npm "$@")
+pkgs=(cmake make gcc g++ clang libclang-rt-14-dev pkg-config libssl-dev nodejs npm
+	"$@")
 
 # Node.js may come from elsewhere than Debian (e.g. NodeSource's nodejs, which
 # ships npm itself and conflicts with Debian's npm): a working command counts.

@@ -227,7 +227,9 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 		ps->dir = strdup("/");
 	else
 		ps->dir = strndup(socket_path, (size_t)(slash - socket_path));
-	if (!ps->path || !ps->lock_path || !ps->elect_path || !ps->dir) {
+	if (!ps->path || !ps->lock_path || !ps->elect_path || !ps->dir ||
+	    usps__uuidgen_init(&ps->uuid) < 0 ||
+	    usps__uuidgen_init(&ps->uuid_local) < 0) {
 		free(ps->path);
 		free(ps->lock_path);
 		free(ps->elect_path);
@@ -238,8 +240,6 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	ps->base = ps->path + (slash ? (size_t)(slash - socket_path) + 1 : 0);
 	if (getrandom(&ps->hash_seed, sizeof(ps->hash_seed), 0) < 0)
 		ps->hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
-	usps__uuidgen_init(&ps->uuid);
-	usps__uuidgen_init(&ps->uuid_local);
 	pthread_mutex_init(&ps->lock, NULL);
 	pthread_mutex_init(&ps->out_lock, NULL);
 	pthread_mutex_init(&ps->dq_lock, NULL);

@@ -12,7 +12,7 @@
  *
  * Also here: ISO-8601 time stamps in the exact toISOString() format (own
  * calendar arithmetic, no dependence on TZ or time_t) and UUID v4s from a
- * pool of getrandom(2) bytes.
+ * pool of RAND_bytes() bytes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,7 +21,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -1457,28 +1459,31 @@ int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms)
 
 /* ---- UUIDs --------------------------------------------------------- */
 
-void usps__uuidgen_init(struct usps__uuidgen *g)
+int usps__uuidgen_init(struct usps__uuidgen *g)
 {
 	g->pos = sizeof(g->pool);
+	return OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL) == 1 ? 0
+								      : -ENOMEM;
 }
 
 static int refill(struct usps__uuidgen *g)
 {
-	size_t off = 0;
-
-	while (off < sizeof(g->pool)) {
-		ssize_t r = getrandom(g->pool + off, sizeof(g->pool) - off, 0);
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		off += (size_t)r;
-	}
+	if (RAND_bytes(g->pool, sizeof(g->pool)) != 1)
+		return -EIO;
 	g->pos = 0;
 	return 0;
 }
+
+#ifdef __SSE2__
+/* Sixteen nibbles (0..15, one per byte) as lowercase hex digits. */
+static inline __m128i hex_digits(__m128i d)
+{
+	__m128i over9 = _mm_cmpgt_epi8(d, _mm_set1_epi8(9));
+
+	return _mm_add_epi8(_mm_add_epi8(d, _mm_set1_epi8('0')),
+			    _mm_and_si128(over9, _mm_set1_epi8('a' - '9' - 1)));
+}
+#endif
 
 int usps__uuid4(struct usps__uuidgen *g, char out[37])
 {
@@ -1495,12 +1500,38 @@ int usps__uuid4(struct usps__uuidgen *g, char out[37])
 	g->pos += sizeof(u);
 	u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
 	u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+#ifdef __SSE2__
+	{
+		/* All 32 digits at once, then placed around the dashes. */
+		const __m128i nib = _mm_set1_epi8(0x0f);
+		__m128i v = _mm_loadu_si128((const __m128i *)u);
+		__m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
+		__m128i lo = _mm_and_si128(v, nib);
+		char hex[32];
+
+		_mm_storeu_si128((__m128i *)hex,
+				 hex_digits(_mm_unpacklo_epi8(hi, lo)));
+		_mm_storeu_si128((__m128i *)(hex + 16),
+				 hex_digits(_mm_unpackhi_epi8(hi, lo)));
+		memcpy(o, hex, 8);
+		o[8] = '-';
+		memcpy(o + 9, hex + 8, 4);
+		o[13] = '-';
+		memcpy(o + 14, hex + 12, 4);
+		o[18] = '-';
+		memcpy(o + 19, hex + 16, 4);
+		o[23] = '-';
+		memcpy(o + 24, hex + 20, 12);
+		o += 36;
+	}
+#else
 	for (size_t i = 0; i < sizeof(u); i++) {
 		if (i == 4 || i == 6 || i == 8 || i == 10)
 			*o++ = '-';
 		*o++ = hexchars[u[i] >> 4];
 		*o++ = hexchars[u[i] & 15];
 	}
+#endif
 	*o = '\0';
 	return 0;
 }

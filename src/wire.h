@@ -198,15 +198,24 @@ size_t usps__iso8601_ms(char out[32], int64_t ms);
  */
 int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms);
 
-/* Source of UUID v4s: random bytes from getrandom(2), refilled in blocks. */
+/*
+ * Source of UUID v4s: random bytes from OpenSSL's RAND_bytes() (the DRBG
+ * behind Node's crypto.randomUUID()), drawn in blocks. Not thread-safe:
+ * one per thread, or used under a lock.
+ */
 struct usps__uuidgen {
 	uint8_t pool[4096];
 	size_t pos; /* bytes used; sizeof(pool) means empty */
 };
-void usps__uuidgen_init(struct usps__uuidgen *g);
+/*
+ * usps__uuidgen_init() - an empty pool, and libcrypto initialised without
+ * its exit handler (it would free the DRBG under an I/O thread still
+ * running at exit()). Returns 0, or -ENOMEM if libcrypto could not start.
+ */
+int usps__uuidgen_init(struct usps__uuidgen *g);
 /*
  * usps__uuid4() - write a lowercase UUID v4, 36 chars plus NUL, to @out.
- * Returns 0, or a negative errno if getrandom(2) failed.
+ * Returns 0, or -EIO if RAND_bytes() failed.
  */
 int usps__uuid4(struct usps__uuidgen *g, char out[37]);
 

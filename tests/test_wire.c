@@ -1204,7 +1204,7 @@ TEST(uuid4)
 	int dups = 0, r;
 
 	REQUIRE(g);
-	usps__uuidgen_init(g);
+	REQUIRE(usps__uuidgen_init(g) == 0);
 	CHECK_EQ_INT(g->pos, sizeof(g->pool));
 	for (int i = 0; i < 1000; i++) {
 		char *u = ids[i];
@@ -1227,6 +1227,18 @@ TEST(uuid4)
 	for (int i = 1; i < 1000; i++)
 		dups += memcmp(ids[i - 1], ids[i], 37) == 0;
 	CHECK_EQ_INT(dups, 0);
+
+	/* The digits are the pool's bytes in order, with the version and
+	 * variant bits set. */
+	static const uint8_t known[16] = { 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+					   0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98,
+					   0x76, 0x54, 0x32, 0x10 };
+	char u[37];
+
+	g->pos = sizeof(g->pool) - sizeof(known);
+	memcpy(g->pool + g->pos, known, sizeof(known));
+	REQUIRE(usps__uuid4(g, u) == 0);
+	CHECK_EQ_STR(u, "01234567-89ab-4def-bedc-ba9876543210");
 	free(g);
 }
 
