@@ -339,6 +339,7 @@ static void *dl_main(void *arg)
 {
 	usps *ps = arg;
 
+	(void)usps__rand_warm(); /* it may route as broker (poller) */
 	pthread_mutex_lock(&ps->dq_lock);
 	while (!ps->dl_stop) {
 		struct usps_delivery *d;

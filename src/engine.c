@@ -325,6 +325,7 @@ static void *io_main(void *arg)
 	usps *ps = arg;
 	struct epoll_event evs[64];
 
+	(void)usps__rand_warm();
 	pthread_mutex_lock(&ps->lock);
 	while (!ps->stopping) {
 		int timeout;

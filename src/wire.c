@@ -1466,6 +1466,13 @@ int usps__uuidgen_init(struct usps__uuidgen *g)
 								      : -ENOMEM;
 }
 
+int usps__rand_warm(void)
+{
+	uint8_t b[16];
+
+	return RAND_bytes(b, sizeof(b)) == 1 ? 0 : -EIO;
+}
+
 static int refill(struct usps__uuidgen *g)
 {
 	if (RAND_bytes(g->pool, sizeof(g->pool)) != 1)

@@ -214,6 +214,15 @@ struct usps__uuidgen {
  */
 int usps__uuidgen_init(struct usps__uuidgen *g);
 /*
+ * usps__rand_warm() - draw a few random bytes on the calling thread and
+ * drop them. libcrypto sets a thread's DRBG up on its first draw; each
+ * thread that may stamp events calls this when it starts, so that the setup
+ * does not fall on the first event a new broker stamps, just after a
+ * failover. Returns 0, or -EIO if RAND_bytes() failed (harmless: the next
+ * draw tries again).
+ */
+int usps__rand_warm(void);
+/*
  * usps__uuid4() - write a lowercase UUID v4, 36 chars plus NUL, to @out.
  * Returns 0, or -EIO if RAND_bytes() failed.
  */
