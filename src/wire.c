@@ -1893,6 +1893,7 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 		{ "\"createdAt\":", 12 },
 		{ "\"deliveryAttempt\":", 18 },
 	};
+	enum usps__json_kind kind = usps__json_kind(event);
 	struct stamp st = { .uuid = uuid };
 	size_t old = b->len, at;
 	const char *from = NULL;
@@ -1914,8 +1915,7 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 		st.iso_len = c_len;
 	}
 	/* Only a plain object event under a string topic is indexed here. */
-	if (h &&
-	    (!plain || !topic.n || usps__json_kind(event) != USPS__J_OBJECT))
+	if (h && (!plain || !topic.n || kind != USPS__J_OBJECT))
 		h = NULL;
 	/* One allocation in the common case (an object event). */
 	if (usps__buf_reserve(b, 192 + topic.n + event.n) < 0 ||
@@ -1930,7 +1930,7 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 	    PUT_LIT(b, ",\"event\":{") < 0)
 		goto rollback;
 	at = b->len - 1; /* the event's '{' */
-	switch (usps__json_kind(event)) {
+	switch (kind) {
 	case USPS__J_OBJECT:
 		if (plain) {
 			size_t to = b->len;
