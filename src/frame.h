@@ -24,6 +24,8 @@ struct usps__reader {
 	size_t len;   /* bytes held, from buf[0] */
 	size_t scan;  /* where the search for '\n' resumes */
 	size_t max_frame;
+	size_t got;   /* bytes of the last fill */
+	size_t taken; /* lines and records taken since the last fill */
 };
 
 /* Set up an empty reader for lines of at most @max_frame bytes. */
@@ -32,7 +34,9 @@ void usps__reader_init(struct usps__reader *r, size_t max_frame);
 void usps__reader_free(struct usps__reader *r);
 
 /*
- * usps__reader_fill() - one read(2) from @fd into the reader (EINTR retried).
+ * usps__reader_fill() - one read(2) from @fd into the reader (EINTR retried):
+ * of the whole free block, or of 16 KiB at most while the lines and records
+ * taken since the last fill averaged under 1 KiB.
  * Returns bytes read (> 0), 0 on end of file, -EAGAIN if nothing is ready,
  * -ENOMEM, or another negative errno from read(2).
  */
@@ -132,7 +136,7 @@ int usps__wq_push_at(struct usps__wq *q, struct usps__chunk *c, size_t off);
 /*
  * usps__wq_put() - queue a copy of @p[0..n), appended to the queue's last
  * chunk if that one is the queue's own and has room, else in a new one of
- * 32 KiB (or @n bytes if larger). 0 or -ENOMEM (nothing queued).
+ * 16 KiB (or @n bytes if larger). 0 or -ENOMEM (nothing queued).
  */
 int usps__wq_put(struct usps__wq *q, const void *p, size_t n);
 static inline bool usps__wq_empty(const struct usps__wq *q)

@@ -16,6 +16,8 @@
 
 /* frame.c's read block: a reader may hold max_frame plus this much. */
 #define BLOCK ((size_t)64 * 1024)
+/* frame.c's read of small lines. */
+#define READ_SMALL ((size_t)16 * 1024)
 #define MIB ((size_t)1024 * 1024)
 
 /* ---- helpers ---- */
@@ -669,6 +671,58 @@ TEST(reader_fill_socket)
 	close_pair(sv);
 }
 
+/*
+ * A fill takes the whole free block while nothing is known and after
+ * large lines, but READ_SMALL at most once the last fill was small lines;
+ * no byte is lost or reordered on the way.
+ */
+TEST(reader_small_lines_small_reads)
+{
+	static char big[4000];
+	static const char small[] = "0123456789012345678901234567890123456"
+				    "789012345678901234567890123456789\n";
+	struct bytes in = { 0 }, want = { 0 }, got = { 0 };
+	struct usps__reader r;
+	int sv[2] = { -1, -1 };
+	int sndbuf = 1024 * 1024;
+	ssize_t n, most = 0;
+
+	MUST(make_pair(sv));
+	CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf,
+			 sizeof(sndbuf)) == 0);
+	memset(big, 'b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\n';
+	usps__reader_init(&r, 8192);
+	while (in.len < 2 * BLOCK)
+		bytes_put(&in, small, sizeof(small) - 1);
+	CHECK_EQ_INT(write_some(sv[0], in.p, in.len), in.len);
+	CHECK_EQ_INT(usps__reader_fill(&r, sv[1]), BLOCK);
+	CHECK_EQ_INT(drain(&r, &got), 0);
+	CHECK_EQ_INT(usps__reader_fill(&r, sv[1]), READ_SMALL);
+	CHECK_EQ_INT(drain(&r, &got), 0);
+	/* Large lines next: one small read finds them, then blocks again. */
+	for (int i = 0; i < 64; i++) {
+		CHECK_EQ_INT(write_some(sv[0], big, sizeof(big)), sizeof(big));
+		bytes_put(&in, big, sizeof(big));
+	}
+	CHECK_EQ_INT(usps__reader_fill(&r, sv[1]), READ_SMALL);
+	CHECK_EQ_INT(drain(&r, &got), 0);
+	while ((n = usps__reader_fill(&r, sv[1])) > 0) {
+		if (n > most)
+			most = n;
+		CHECK_EQ_INT(drain(&r, &got), 0);
+	}
+	CHECK_EQ_INT(n, -EAGAIN);
+	CHECK(most > (ssize_t)READ_SMALL);
+	lines_expected(&want, in.p, in.len);
+	CHECK(bytes_same(&got, &want));
+	usps__reader_free(&r);
+	bytes_free(&in);
+	bytes_free(&want);
+	bytes_free(&got);
+	close_pair(sv);
+}
+
 /* Spec §5.1 item 16 on a socket, and the bound on what one fill takes. */
 TEST(reader_fill_limit)
 {
@@ -1089,7 +1143,7 @@ TEST(wq_put_coalesces)
 			CHECK(read_ready(sv[1], &got) > 0);
 		CHECK_EQ_INT(wq_unwritten(&q), q.queued_bytes);
 	}
-	/* ~250 kB in 32 kB tails, plus the shared chunks between them. */
+	/* ~250 kB in 16 kB tails, plus the shared chunks between them. */
 	CHECK(q.count < 32);
 	CHECK_EQ_INT(c->len, 7);
 	while ((r = usps__wq_flush(&q, sv[0])) == -EAGAIN) {
@@ -1336,6 +1390,7 @@ int main(void)
 	RUN(reader_big_line_one_byte_at_a_time);
 	RUN(reader_shrinks_after_big_line);
 	RUN(reader_fill_socket);
+	RUN(reader_small_lines_small_reads);
 	RUN(reader_fill_limit);
 	RUN(reader_and_wq_stream);
 	RUN(chunk_basics);
