@@ -581,6 +581,7 @@ void usps__broker_publish(usps *ps, struct peer *from,
 			  const struct usps__frame *f)
 {
 	char small[256], *topic = small;
+	const char *name;
 	struct usps__buf gname = { 0 };
 	struct btopic *t;
 	struct usps__ix ix, *ixp;
@@ -589,16 +590,20 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	size_t tlen, head;
 	int r;
 
-	if (usps__json_kind(f->topic) != USPS__J_STRING)
+	r = usps__json_string_view(f->topic, &name, &tlen);
+	if (r < 0)
 		return;
-	if (f->topic.n > sizeof(small)) {
-		topic = malloc(f->topic.n);
-		if (!topic)
-			return;
+	if (r == 0) {
+		if (f->topic.n > sizeof(small)) {
+			topic = malloc(f->topic.n);
+			if (!topic)
+				return;
+		}
+		if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
+			goto out;
+		name = topic;
 	}
-	if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
-		goto out;
-	t = topic_find(ps, topic, tlen);
+	t = topic_find(ps, name, tlen);
 	if (!t)
 		goto out;
 	if (usps__uuid4(&ps->uuid, uuid) < 0)
@@ -757,17 +762,20 @@ static void send_status(usps *ps, struct peer *p)
 
 /*
  * A usps client of our uid asks for indexed frames: say yes (in the old
- * framing), and send it records from then on. Another uid's request is
- * ignored: the client would not have asked (wire.h).
+ * framing), send it records from then on, and offer to take records from
+ * it ("usps.records"). Another uid's request is ignored: the client would
+ * not have asked (wire.h).
  */
 static void start_index(usps *ps, struct peer *p)
 {
 	static const char yes[] = "{\"type\":\"usps.index\"}\n";
+	static const char offer[] = "{\"type\":\"usps.records\"}\n";
 
 	if (p->indexed || p->uid != ps->uid)
 		return;
 	send_line(ps, p, yes, sizeof(yes) - 1);
 	p->indexed = true;
+	send_line(ps, p, offer, sizeof(offer) - 1);
 }
 
 static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
@@ -792,12 +800,53 @@ static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 	case USPS__F_INDEX:
 		start_index(ps, p);
 		break;
+	case USPS__F_RECORDS:
+		/* Only from a peer we offered it to: records follow. */
+		if (p->indexed && p->uid == ps->uid)
+			p->rec_in = true;
+		break;
 	default:
 		break; /* acks, nacks, events, unknown: ignored */
 	}
 }
 
-/* Handle the complete lines @p has sent, until intake closes. */
+/*
+ * One record from @p (after its "usps.records"): a publish indexed by its
+ * sender is routed by that index, anything else parsed as a line. 0, or
+ * -EPROTO for a broken record.
+ */
+static int handle_record(usps *ps, struct peer *p, const char *rec, size_t n)
+{
+	struct usps__frame f;
+	const char *line;
+	size_t len;
+	int r = usps__rec_open(rec, n, &line, &len, &f);
+
+	if (r == 1 && f.type == USPS__F_PUBLISH) {
+		/* Its line goes to line peers as is: it must be one line. */
+		if (memchr(line, '\n', len))
+			return -EPROTO;
+		usps__broker_publish(ps, p, &f);
+	} else if (r == 0) {
+		handle_line(ps, p, line, len);
+	}
+	return r < 0 ? r : 0;
+}
+
+void usps__broker_route_own(usps *ps, const char *rec, size_t n)
+{
+	struct usps__frame f;
+	const char *line;
+	size_t len;
+	int r = usps__rec_open(rec, n, &line, &len, &f);
+
+	if (r == 0 && usps__wire_parse(line, len, &f) < 0)
+		return;
+	if (r >= 0 && f.type == USPS__F_PUBLISH)
+		usps__broker_publish(ps, &ps->self, &f);
+}
+
+/* Handle the complete frames @p has sent, until intake closes. */
 static void peer_lines(usps *ps, struct peer *p)
 {
 	const char *line;
@@ -810,14 +859,21 @@ static void peer_lines(usps *ps, struct peer *p)
 			p->has_lines = true;
 			return;
 		}
-		r = usps__reader_next(&p->rd, &line, &n);
+		if (p->rec_in) {
+			r = usps__reader_next_record(&p->rd, &line, &n);
+			if (r == 1 && handle_record(ps, p, line, n) < 0)
+				r = -EPROTO;
+		} else {
+			r = usps__reader_next(&p->rd, &line, &n);
+			if (r == 1)
+				handle_line(ps, p, line, n);
+		}
 		if (r == 0)
 			return;
 		if (r < 0) {
-			peer_kill(ps, p); /* oversized frame */
+			peer_kill(ps, p); /* oversized frame, broken record */
 			return;
 		}
-		handle_line(ps, p, line, n);
 	}
 }
 

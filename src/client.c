@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -23,11 +24,17 @@ static void conn_events(usps *ps)
 	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
 }
 
+void usps__client_out_reset(usps *ps)
+{
+	ps->conn_out.len = ps->conn_off = ps->conn_part = 0;
+	ps->conn_rec_at = ps->conn_rec_out ? 0 : SIZE_MAX;
+}
+
 /* Everything handed to the connection is out (written, or lost with it):
  * release usps_flush() waiters. */
 static void conn_emptied(usps *ps)
 {
-	ps->conn_out.len = ps->conn_off = 0;
+	usps__client_out_reset(ps);
 	pthread_mutex_lock(&ps->out_lock);
 	if (ps->out_done < ps->conn_out_end) {
 		ps->out_done = ps->conn_out_end;
@@ -36,15 +43,70 @@ static void conn_emptied(usps *ps)
 	pthread_mutex_unlock(&ps->out_lock);
 }
 
+/* Record sizes in conn_out, size field included. */
+static size_t rec_size(const char *rec)
+{
+	return (size_t)usps__get_le32(rec) + 4;
+}
+
+/* Lines at most per sendmsg() while headers are left out. */
+#define LINES_IOV 64
+
+/* Write the lines of the records from conn_off up to conn_rec_at, without
+ * their headers. What send() returns. */
+static ssize_t send_lines(usps *ps)
+{
+	struct iovec iov[LINES_IOV];
+	struct msghdr msg = { .msg_iov = iov };
+	char *p = ps->conn_out.p;
+	size_t off = ps->conn_off, part = ps->conn_part;
+	size_t end = ps->conn_rec_at < ps->conn_out.len ? ps->conn_rec_at
+							: ps->conn_out.len;
+
+	while (off < end && msg.msg_iovlen < LINES_IOV) {
+		size_t size = rec_size(p + off);
+		size_t hlen = usps__get_le16(p + off + 6);
+
+		iov[msg.msg_iovlen].iov_base = p + off + hlen + part;
+		iov[msg.msg_iovlen++].iov_len = size - hlen - part;
+		off += size;
+		part = 0;
+	}
+	return sendmsg(ps->connfd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/* @n bytes of lines went out from conn_off (send_lines()). */
+static void lines_written(usps *ps, size_t n)
+{
+	const char *p = ps->conn_out.p;
+
+	while (n) {
+		size_t size = rec_size(p + ps->conn_off);
+		size_t left = size - usps__get_le16(p + ps->conn_off + 6) -
+			      ps->conn_part;
+
+		if (n < left) {
+			ps->conn_part += n;
+			return;
+		}
+		n -= left;
+		ps->conn_off += size;
+		ps->conn_part = 0;
+	}
+}
+
 /* Write what is queued for the broker; note when it is all out. */
 void usps__client_flush(usps *ps)
 {
 	bool want_out = false;
 
 	while (ps->conn_off < ps->conn_out.len) {
-		ssize_t n = send(ps->connfd, ps->conn_out.p + ps->conn_off,
-				 ps->conn_out.len - ps->conn_off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		bool lines = ps->conn_off < ps->conn_rec_at;
+		ssize_t n = lines ? send_lines(ps)
+				  : send(ps->connfd,
+					 ps->conn_out.p + ps->conn_off,
+					 ps->conn_out.len - ps->conn_off,
+					 MSG_NOSIGNAL | MSG_DONTWAIT);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -56,7 +118,10 @@ void usps__client_flush(usps *ps)
 			usps__client_lost(ps);
 			return;
 		}
-		ps->conn_off += (size_t)n;
+		if (lines)
+			lines_written(ps, (size_t)n);
+		else
+			ps->conn_off += (size_t)n;
 	}
 	if (!want_out)
 		conn_emptied(ps);
@@ -66,14 +131,32 @@ void usps__client_flush(usps *ps)
 	}
 }
 
+/* Append the line @line of @n bytes ('\n' included) as a plain record. */
+static int put_plain(usps *ps, const char *line, size_t n)
+{
+	size_t at;
+	int r = usps__rec_begin(&ps->conn_out, &at);
+
+	if (r == 0)
+		r = usps__rec_end(&ps->conn_out, at,
+				  usps__buf_put(&ps->conn_out, line, n));
+	return r;
+}
+
 int usps__client_send_membership(usps *ps, struct key *k, bool unsubscribe)
 {
+	size_t at;
 	int r;
 
 	if (ps->role != ROLE_CLIENT)
 		return -ENOTCONN;
-	r = usps__wire_put_membership(&ps->conn_out, unsubscribe, k->topic,
-				      k->topic_len, k->group, k->group_len);
+	r = usps__rec_begin(&ps->conn_out, &at);
+	if (r == 0)
+		r = usps__rec_end(
+			&ps->conn_out, at,
+			usps__wire_put_membership(&ps->conn_out, unsubscribe,
+						  k->topic, k->topic_len,
+						  k->group, k->group_len));
 	if (r < 0)
 		return r;
 	if (unsubscribe)
@@ -107,7 +190,8 @@ void usps__client_take_outbox(usps *ps)
 		ps->outbox.len = 0;
 		atomic_store_explicit(&ps->outbox_queued, false,
 				      memory_order_relaxed);
-		ps->conn_off = 0;
+		ps->conn_off = ps->conn_part = 0;
+		ps->conn_rec_at = ps->conn_rec_out ? 0 : SIZE_MAX;
 		took = true;
 		ps->out_taken = ps->out_appended;
 		ps->conn_out_end = ps->out_taken;
@@ -128,8 +212,9 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 	ps->conn_paused = false;
 	ps->conn_ix_asked = false;
 	ps->conn_records = false;
+	ps->conn_rec_out = false;
 	usps__reader_init(&ps->conn_rd, ps->opt.max_inbound_frame_bytes);
-	ps->conn_out.len = ps->conn_off = 0;
+	usps__client_out_reset(ps);
 	r = usps__engine_watch_fd(ps, fd, &ps->conn_ioh, EPOLLIN, false);
 	if (r < 0) {
 		close(fd);
@@ -143,8 +228,7 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 	/* Indexed frames are asked of a broker of our own uid only: their
 	 * content is taken on trust (wire.h). First, so that the answer comes
 	 * before any event. */
-	if (broker_uid == ps->uid &&
-	    usps__buf_put(&ps->conn_out, ask, sizeof(ask) - 1) == 0)
+	if (broker_uid == ps->uid && put_plain(ps, ask, sizeof(ask) - 1) == 0)
 		ps->conn_ix_asked = true;
 	/* Announce every membership again; waiters are released by the acks
 	 * of these frames. Unsubscribes in flight are moot on a new broker. */
@@ -180,19 +264,27 @@ static void requeue_unsent(usps *ps)
 	static const char pub[] = "{\"type\":\"publish\"";
 	struct usps__buf keep = { 0 };
 	const char *p = ps->conn_out.p;
-	size_t off = ps->conn_off, len = ps->conn_out.len;
+	size_t off, len = ps->conn_out.len;
+	bool cut;
 
-	if (off > 0 && off < len && p[off - 1] != '\n') {
-		const char *nl = memchr(p + off, '\n', len - off);
-
-		off = nl ? (size_t)(nl - p) + 1 : len;
+	/* The record conn_off is in, and whether some of it went out. */
+	if (ps->conn_off < ps->conn_rec_at) {
+		off = ps->conn_off;
+		cut = ps->conn_part > 0;
+	} else {
+		off = ps->conn_rec_at;
+		while (off < len && off + rec_size(p + off) <= ps->conn_off)
+			off += rec_size(p + off);
+		cut = off < ps->conn_off;
 	}
+	if (cut && off < len)
+		off += rec_size(p + off);
 	while (off < len) {
-		const char *nl = memchr(p + off, '\n', len - off);
-		size_t n = nl ? (size_t)(nl - p) + 1 - off : len - off;
+		size_t n = rec_size(p + off);
+		size_t hlen = usps__get_le16(p + off + 6);
 
-		if (nl && n > sizeof(pub) - 1 &&
-		    !memcmp(p + off, pub, sizeof(pub) - 1) &&
+		if (n - hlen > sizeof(pub) - 1 &&
+		    !memcmp(p + off + hlen, pub, sizeof(pub) - 1) &&
 		    usps__buf_put(&keep, p + off, n) < 0)
 			break; /* out of memory: the rest is lost */
 		off += n;
@@ -283,6 +375,21 @@ out:
 		free(group);
 }
 
+/*
+ * The broker takes records from us: say so in a line, after which
+ * everything we send is records, headers and all (conn_rec_at).
+ */
+static void start_records(usps *ps)
+{
+	static const char mark[] = "{\"type\":\"usps.records\"}\n";
+
+	if (put_plain(ps, mark, sizeof(mark) - 1) < 0)
+		return;
+	ps->conn_rec_out = true;
+	ps->conn_rec_at = ps->conn_out.len;
+	usps__client_flush(ps);
+}
+
 static void handle_line(usps *ps, const char *line, size_t n)
 {
 	struct usps__frame f;
@@ -308,6 +415,11 @@ static void handle_line(usps *ps, const char *line, size_t n)
 		if (ps->conn_ix_asked)
 			ps->conn_records = true;
 		break;
+	case USPS__F_RECORDS:
+		/* Offered in a record, by the broker we asked. */
+		if (ps->conn_records && !ps->conn_rec_out)
+			start_records(ps);
+		break;
 	default:
 		break;
 	}
@@ -322,7 +434,7 @@ static int handle_record(usps *ps, const char *rec, size_t n)
 	size_t len;
 	int r = usps__rec_open(rec, n, &line, &len, &f);
 
-	if (r == 1)
+	if (r == 1 && f.type == USPS__F_EVENT)
 		(void)usps__deliver_line(ps, line, len, &f);
 	else if (r == 0)
 		handle_line(ps, line, len);

@@ -96,15 +96,14 @@ static void broker_take_outbox(usps *ps)
 		ps->route_off = 0;
 	}
 	while (ps->route_off < b->len && usps__broker_intake_open(ps)) {
-		const char *line = b->p + ps->route_off;
-		const char *nl = memchr(line, '\n', b->len - ps->route_off);
-		size_t n = nl ? (size_t)(nl - line) : b->len - ps->route_off;
-		struct usps__frame f;
+		const char *rec = b->p + ps->route_off;
+		size_t left = b->len - ps->route_off;
+		size_t n = left < 4 ? left : (size_t)usps__get_le32(rec) + 4;
 
-		if (usps__wire_parse(line, n, &f) == 0 &&
-		    f.type == USPS__F_PUBLISH)
-			usps__broker_publish(ps, &ps->self, &f);
-		ps->route_off += n + 1;
+		if (n > left)
+			n = left; /* cannot happen: we built them */
+		usps__broker_route_own(ps, rec, n);
+		ps->route_off += n;
 	}
 	pthread_mutex_lock(&ps->out_lock);
 	/* out_taken counts what was swapped out; the unrouted rest of it is
@@ -355,7 +354,7 @@ static void *io_main(void *arg)
 		close(ps->connfd);
 		ps->connfd = -1;
 		usps__reader_free(&ps->conn_rd);
-		ps->conn_out.len = ps->conn_off = 0;
+		usps__client_out_reset(ps);
 	}
 	usps__engine_set_role(ps, ROLE_JOINING);
 	pthread_mutex_unlock(&ps->lock);

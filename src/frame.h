@@ -72,6 +72,13 @@ static inline uint32_t usps__get_le32(const void *p)
 	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
 	       (uint32_t)b[3] << 24;
 }
+/* The little-endian u16 at @p (a record's hlen, at offset 6). */
+static inline uint32_t usps__get_le16(const void *p)
+{
+	const uint8_t *b = p;
+
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8;
+}
 /* Most header bytes a record holds around a line of at most max_frame. */
 #define USPS__REC_OVERHEAD ((size_t)128)
 /*

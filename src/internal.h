@@ -200,6 +200,7 @@ struct peer {
 	bool congested;	     /* queue over half the cap: intake paused */
 	bool has_lines;	     /* complete lines left unread in rd */
 	bool indexed;	     /* sent records (wire.h "usps.index") */
+	bool rec_in;	     /* sends records (wire.h "usps.records") */
 	int64_t progress_ms; /* last time its queue moved (or congested) */
 	struct peer *dirty_next;
 };
@@ -209,6 +210,11 @@ int usps__broker_accept(usps *ps, int lfd);
  * ENOMEM or a failed epoll registration (@fd is left open then). */
 struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid);
 void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events);
+/*
+ * Route the broker's own publish in the record @rec of @n bytes (wire.h),
+ * as usps_publish() built it. Called with ps->lock held.
+ */
+void usps__broker_route_own(usps *ps, const char *rec, size_t n);
 /*
  * Route one publish frame (line parsed as @f) from @from (ps->self for the
  * broker's own publishes). Called with ps->lock held.
@@ -247,6 +253,8 @@ void usps__client_lost(usps *ps);
 void usps__client_take_outbox(usps *ps);
 /* Write what is queued on the connection (ps->lock held; any thread). */
 void usps__client_flush(usps *ps);
+/* Empty conn_out (nothing in it is to be written any more). */
+void usps__client_out_reset(usps *ps);
 /* Read again if the delivery backlog has drained. */
 void usps__client_resume(usps *ps);
 /* Send a membership frame for @k on the live connection. */
@@ -402,10 +410,19 @@ struct usps {
 	int connfd;
 	struct ioh conn_ioh;
 	struct usps__reader conn_rd;
-	/* Bytes for the broker, written from conn_off: membership frames and
-	 * the outbox, which is swapped in whole when this is empty. */
+	/*
+	 * Records for the broker (wire.h), written from conn_off: membership
+	 * frames and the outbox, which is swapped in whole when this is
+	 * empty. Those before conn_rec_at go out as lines, headers left out
+	 * (conn_off is then a record's start and conn_part the bytes of its
+	 * line already written); from conn_rec_at on, as they are. It is 0
+	 * or SIZE_MAX whenever conn_out is emptied, as conn_rec_out says.
+	 */
 	struct usps__buf conn_out;
 	size_t conn_off;
+	size_t conn_part;
+	size_t conn_rec_at;
+	bool conn_rec_out; /* sent "usps.records" on this connection */
 	bool conn_want_out;
 	bool conn_paused;      /* reading stopped: deliveries backed up */
 	bool conn_ix_asked;    /* sent "usps.index" on this connection */
@@ -419,13 +436,13 @@ struct usps {
 	/* outbox, under out_lock */
 	alignas(USPS__CACHE_LINE) pthread_mutex_t out_lock;
 	pthread_cond_t out_cond;
-	struct usps__buf outbox;
-	struct usps__buf route; /* taken from the outbox, being routed */
-	size_t route_off;	/* bytes of route already routed */
-	uint64_t out_appended;	/* bytes ever appended */
-	uint64_t out_taken;	/* bytes taken by the I/O thread */
-	uint64_t out_done;	/* bytes written to the broker, or routed */
-	unsigned flush_waiters; /* under ps->lock */
+	struct usps__buf outbox; /* records (wire.h) */
+	struct usps__buf route;	 /* taken from the outbox, being routed */
+	size_t route_off;	 /* bytes of route already routed */
+	uint64_t out_appended;	 /* bytes ever appended */
+	uint64_t out_taken;	 /* bytes taken by the I/O thread */
+	uint64_t out_done;	 /* bytes written to the broker, or routed */
+	unsigned flush_waiters;	 /* under ps->lock */
 
 	/* delivery, under dq_lock */
 	alignas(USPS__CACHE_LINE) pthread_mutex_t dq_lock;

@@ -123,30 +123,38 @@ void usps__sub_unref(struct usps_sub *s)
 }
 
 /* Decode a string span into a stack buffer or, if large, the heap. */
+/* A decoded name: the literal's own bytes when it has no escape. */
 struct dec {
 	char small[256];
-	char *p;
+	const char *p;
+	char *own; /* small, allocated, or NULL */
 	size_t n;
 };
 
 static int dec_string(struct dec *d, struct usps__span s)
 {
-	d->p = s.n <= sizeof(d->small) ? d->small : malloc(s.n);
-	if (!d->p)
+	int r = usps__json_string_view(s, &d->p, &d->n);
+
+	if (r)
+		return r < 0 ? -EINVAL : 0;
+	d->own = s.n <= sizeof(d->small) ? d->small : malloc(s.n);
+	if (!d->own)
 		return -ENOMEM;
-	if (usps__json_string_decode(s, d->p, &d->n) < 0) {
-		if (d->p != d->small)
-			free(d->p);
-		d->p = NULL;
+	if (usps__json_string_decode(s, d->own, &d->n) < 0) {
+		if (d->own != d->small)
+			free(d->own);
+		d->own = NULL;
 		return -EINVAL;
 	}
+	d->p = d->own;
 	return 0;
 }
 
 static void dec_free(struct dec *d)
 {
-	if (d->p && d->p != d->small)
-		free(d->p);
+	if (d->own && d->own != d->small)
+		free(d->own);
+	d->own = NULL;
 	d->p = NULL;
 }
 

@@ -566,9 +566,9 @@ static bool publish_direct(usps *ps, const char *topic, size_t tlen,
 	if (!ps->outbox.len) {
 		b->len = 0;
 		if (ps->role == ROLE_CLIENT)
-			ps->conn_off = 0;
-		*ret = usps__wire_put_publish(b, topic, tlen, type, ylen,
-					      run_id, data, extra);
+			usps__client_out_reset(ps);
+		*ret = usps__rec_put_publish(b, topic, tlen, type, ylen, run_id,
+					     data, extra);
 		n = *ret == 0 ? b->len : 0;
 		ps->out_appended += n;
 		ps->out_taken += n;
@@ -584,10 +584,7 @@ static bool publish_direct(usps *ps, const char *topic, size_t tlen,
 	if (ps->role == ROLE_CLIENT) {
 		usps__client_flush(ps);
 	} else {
-		struct usps__frame f;
-
-		if (usps__wire_parse(b->p, b->len - 1, &f) == 0)
-			usps__broker_publish(ps, &ps->self, &f);
+		usps__broker_route_own(ps, b->p, b->len);
 		usps__broker_flush_dirty(ps);
 		usps__dl_commit(ps);
 		/* Peers dropped here are freed by the I/O thread, at the end
@@ -636,6 +633,7 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 	       extra.n + FRAME_OVERHEAD;
 	if (need + STAMP_OVERHEAD > ps->opt.max_inbound_frame_bytes)
 		return -EMSGSIZE;
+	need += USPS__REC_WIDE; /* its record's header, in the outbox */
 
 	enter(ps);
 	if (flags & USPS_LOCAL_ONLY) {
@@ -681,8 +679,8 @@ int usps_publish_ex(usps *ps, const char *topic, const char *type,
 	was_empty = ps->outbox.len == 0;
 	size_t before = ps->outbox.len;
 
-	r = usps__wire_put_publish(&ps->outbox, topic, tlen, type, ylen, run_id,
-				   data, extra);
+	r = usps__rec_put_publish(&ps->outbox, topic, tlen, type, ylen, run_id,
+				  data, extra);
 	if (r == 0) {
 		ps->out_appended += ps->outbox.len - before;
 		atomic_store_explicit(&ps->outbox_queued, true,

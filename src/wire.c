@@ -1003,6 +1003,22 @@ int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len)
 	return 0;
 }
 
+int usps__json_string_view(struct usps__span s, const char **ret_p,
+			   size_t *ret_len)
+{
+	const uint8_t *r, *e;
+
+	if (s.n < 2 || s.p[0] != '"' || s.p[s.n - 1] != '"')
+		return -EINVAL;
+	r = (const uint8_t *)s.p + 1;
+	e = (const uint8_t *)s.p + s.n - 1;
+	if (find_backslash(r, e))
+		return 0;
+	*ret_p = (const char *)r;
+	*ret_len = s.n - 2;
+	return 1;
+}
+
 bool usps__json_string_eq(struct usps__span s, const char *lit, size_t n)
 {
 	const uint8_t *r, *e;
@@ -1162,6 +1178,7 @@ static const struct {
 	{ { "usps.status", 11 }, USPS__F_STATUS },
 	{ { "usps.refused", 12 }, USPS__F_REFUSED },
 	{ { "usps.index", 10 }, USPS__F_INDEX },
+	{ { "usps.records", 12 }, USPS__F_RECORDS },
 };
 
 static enum usps__frame_type frame_type(struct usps__span v)
@@ -1614,34 +1631,140 @@ static struct usps__span object_inner(struct usps__span v)
 	return (struct usps__span){ (const char *)s, (size_t)(e - s) };
 }
 
+/*
+ * The publish line; with @ix, its spans too, as offsets from @line_start
+ * (the event's members type, runId and data: the publisher wrote them all
+ * and spliced no other in).
+ */
+static int put_publish(struct usps__buf *b, const char *topic, size_t topic_len,
+		       const char *type, size_t type_len, const char *run_id,
+		       struct usps__span data, struct usps__span extra,
+		       size_t line_start, struct usps__ix *ix)
+{
+	struct usps__span inner = object_inner(extra);
+	size_t old = b->len, guess = 64 + topic_len + type_len + data.n;
+	size_t at[USPS__IX_N] = { 0 }, end[USPS__IX_N] = { 0 };
+
+	if (usps__buf_reserve(b, guess + extra.n) < 0 ||
+	    PUT_LIT(b, "{\"type\":\"publish\",\"topic\":") < 0)
+		goto rollback;
+	at[USPS__IX_TOPIC] = b->len;
+	if (usps__json_put_string(b, topic, topic_len) < 0)
+		goto rollback;
+	end[USPS__IX_TOPIC] = b->len;
+	if (PUT_LIT(b, ",\"event\":") < 0)
+		goto rollback;
+	at[USPS__IX_EVENT] = b->len;
+	if (PUT_LIT(b, "{\"type\":") < 0)
+		goto rollback;
+	at[USPS__IX_TYPE] = b->len;
+	if (usps__json_put_string(b, type, type_len) < 0)
+		goto rollback;
+	end[USPS__IX_TYPE] = b->len;
+	if (run_id) {
+		if (PUT_LIT(b, ",\"runId\":") < 0)
+			goto rollback;
+		at[USPS__IX_RUN_ID] = b->len;
+		if (usps__json_put_string(b, run_id, strlen(run_id)) < 0)
+			goto rollback;
+		end[USPS__IX_RUN_ID] = b->len;
+	}
+	if (PUT_LIT(b, ",\"data\":") < 0)
+		goto rollback;
+	at[USPS__IX_DATA] = b->len;
+	if ((data.n ? put_compact(b, data) : PUT_LIT(b, "null")) < 0)
+		goto rollback;
+	end[USPS__IX_DATA] = b->len;
+	if (inner.n && (PUT_LIT(b, ",") < 0 || put_compact(b, inner) < 0))
+		goto rollback;
+	if (PUT_LIT(b, "}") < 0)
+		goto rollback;
+	end[USPS__IX_EVENT] = b->len;
+	if (PUT_LIT(b, "}\n") < 0)
+		goto rollback;
+	if (ix) {
+		memset(ix, 0, sizeof(*ix));
+		ix->flags = USPS__IXF_EV_KNOWN | USPS__IXF_PUBLISH;
+		for (int i = 0; i < USPS__IX_N; i++) {
+			if (!end[i])
+				continue;
+			ix->off[i] = (uint32_t)(at[i] - line_start);
+			ix->len[i] = (uint32_t)(end[i] - at[i]);
+		}
+	}
+	return 0;
+rollback:
+	b->len = old;
+	return -ENOMEM;
+}
+
 int usps__wire_put_publish(struct usps__buf *b, const char *topic,
 			   size_t topic_len, const char *type, size_t type_len,
 			   const char *run_id, struct usps__span data,
 			   struct usps__span extra)
 {
-	struct usps__span inner = object_inner(extra);
-	size_t old = b->len, guess = 64 + topic_len + type_len + data.n;
+	return put_publish(b, topic, topic_len, type, type_len, run_id, data,
+			   extra, 0, NULL);
+}
 
-	if (usps__buf_reserve(b, guess + extra.n) < 0 ||
-	    PUT_LIT(b, "{\"type\":\"publish\",\"topic\":") < 0 ||
-	    usps__json_put_string(b, topic, topic_len) < 0 ||
-	    PUT_LIT(b, ",\"event\":{\"type\":") < 0 ||
-	    usps__json_put_string(b, type, type_len) < 0)
+int usps__rec_put_publish(struct usps__buf *b, const char *topic,
+			  size_t topic_len, const char *type, size_t type_len,
+			  const char *run_id, struct usps__span data,
+			  struct usps__span extra)
+{
+	uint8_t h[USPS__REC_WIDE];
+	struct usps__ix ix;
+	size_t old = b->len, line, hlen;
+	/* Spliced members are not indexed: the broker parses that line. */
+	bool indexed = !object_inner(extra).n;
+
+	/* Room for the header a line of up to 64 KiB takes; a longer one
+	 * is moved up for the wide header. */
+	if (usps__buf_reserve(b, USPS__REC_NARROW) < 0)
+		return -ENOMEM;
+	b->len += USPS__REC_NARROW;
+	if (put_publish(b, topic, topic_len, type, type_len, run_id, data,
+			extra, b->len, indexed ? &ix : NULL) < 0)
 		goto rollback;
-	if (run_id && (PUT_LIT(b, ",\"runId\":") < 0 ||
-		       usps__json_put_string(b, run_id, strlen(run_id)) < 0))
-		goto rollback;
-	if (PUT_LIT(b, ",\"data\":") < 0 ||
-	    (data.n ? put_compact(b, data) : PUT_LIT(b, "null")) < 0)
-		goto rollback;
-	if (inner.n && (PUT_LIT(b, ",") < 0 || put_compact(b, inner) < 0))
-		goto rollback;
-	if (PUT_LIT(b, "}}\n") < 0)
-		goto rollback;
+	line = b->len - old - USPS__REC_NARROW - 1;
+	hlen = usps__rec_head(h, line, indexed ? &ix : NULL);
+	if (hlen > USPS__REC_NARROW) {
+		if (usps__buf_reserve(b, hlen - USPS__REC_NARROW) < 0)
+			goto rollback;
+		memmove(b->p + old + hlen, b->p + old + USPS__REC_NARROW,
+			line + 1);
+	} else if (hlen < USPS__REC_NARROW) {
+		memmove(b->p + old + hlen, b->p + old + USPS__REC_NARROW,
+			line + 1);
+	}
+	memcpy(b->p + old, h, hlen);
+	b->len = old + hlen + line + 1;
 	return 0;
 rollback:
 	b->len = old;
 	return -ENOMEM;
+}
+
+int usps__rec_begin(struct usps__buf *b, size_t *ret_at)
+{
+	*ret_at = b->len;
+	if (usps__buf_reserve(b, USPS__REC_PLAIN) < 0)
+		return -ENOMEM;
+	b->len += USPS__REC_PLAIN;
+	return 0;
+}
+
+int usps__rec_end(struct usps__buf *b, size_t at, int r)
+{
+	uint8_t h[USPS__REC_WIDE];
+
+	if (r < 0 || b->len < at + USPS__REC_PLAIN + 1) {
+		b->len = at;
+		return r < 0 ? r : -EINVAL;
+	}
+	(void)usps__rec_head(h, b->len - at - USPS__REC_PLAIN - 1, NULL);
+	memcpy(b->p + at, h, USPS__REC_PLAIN);
+	return 0;
 }
 
 /* The stamped members, and S_ANY: some member was written, a comma is due. */
@@ -1876,6 +1999,13 @@ static void ix_moved(struct head_ix *h, int which, struct usps__span sp,
 		ix_set(h, which, to + (size_t)(sp.p - from), sp.n);
 }
 
+/* Whether @sp is absent or lies in the @n bytes at @from. */
+static bool within(struct usps__span sp, const char *from, size_t n)
+{
+	return !sp.n ||
+	       (sp.p >= from && sp.n <= n && (size_t)(sp.p - from) <= n - sp.n);
+}
+
 /*
  * The head, and (h->ix set, and only for a plain object event) its index.
  * Returns 1 if the index was filled, 0 if not, -ENOMEM.
@@ -1936,6 +2066,13 @@ static int put_event_head(struct usps__buf *b, struct usps__span topic,
 			size_t to = b->len;
 
 			have = put_plain_members(b, event, &from);
+			/* Spans a client's record gave must lie in what was
+			 * copied; else no index (wire.h: never trusted more). */
+			if (h && have >= 0 &&
+			    !(within(h->ev->type, from, b->len - to) &&
+			      within(h->ev->run_id, from, b->len - to) &&
+			      within(h->ev->data, from, b->len - to)))
+				h = NULL;
 			if (h && have >= 0) {
 				ix_moved(h, USPS__IX_TYPE, h->ev->type, from,
 					 to);
@@ -2116,11 +2253,30 @@ size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
 	return hlen;
 }
 
+/* Where rec_open() puts each span of an index in a frame. */
+static struct usps__span *frame_slot(struct usps__frame *f, int i)
+{
+	static const size_t off[USPS__IX_N] = {
+		[USPS__IX_TOPIC] = offsetof(struct usps__frame, topic),
+		[USPS__IX_GROUP] = offsetof(struct usps__frame, group),
+		[USPS__IX_EVENT] = offsetof(struct usps__frame, event),
+		[USPS__IX_TYPE] = offsetof(struct usps__frame, ev.type),
+		[USPS__IX_ID] = offsetof(struct usps__frame, ev.id),
+		[USPS__IX_RUN_ID] = offsetof(struct usps__frame, ev.run_id),
+		[USPS__IX_DATA] = offsetof(struct usps__frame, ev.data),
+		[USPS__IX_CREATED] =
+			offsetof(struct usps__frame, ev.created_at),
+		[USPS__IX_ATTEMPT] =
+			offsetof(struct usps__frame, ev.delivery_attempt),
+	};
+
+	return (struct usps__span *)((char *)f + off[i]);
+}
+
 int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 		   size_t *ret_len, struct usps__frame *f)
 {
 	const uint8_t *h = (const uint8_t *)rec;
-	struct usps__span sp[USPS__IX_N];
 	size_t hlen, len;
 	uint8_t kind, flags;
 
@@ -2139,6 +2295,9 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 	*ret_len = len = n - hlen - 1;
 	if (kind == 0)
 		return 0;
+	/* Each span goes straight to its place in @f: spans gathered in an
+	 * array and copied over would be read back before their stores
+	 * retire, a stall per span. */
 	for (int i = 0; i < USPS__IX_N; i++) {
 		const uint8_t *e = h + 8 + (size_t)i * (kind == 1 ? 4 : 8);
 		size_t off = kind == 1 ? get16(e) : usps__get_le32(e);
@@ -2146,30 +2305,18 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 
 		if (off > len || sn > len - off)
 			return -EPROTO;
-		sp[i] = (struct usps__span){ sn ? rec + hlen + off : NULL, sn };
+		*frame_slot(f, i) =
+			(struct usps__span){ sn ? rec + hlen + off : NULL, sn };
 	}
 	/* An event the broker did not index is parsed: nothing here walks
-	 * unvalidated JSON. */
-	if (!(flags & USPS__IXF_EV_KNOWN) || !sp[USPS__IX_TOPIC].n ||
-	    sp[USPS__IX_EVENT].n < 2 ||
-	    ((flags & USPS__IXF_GROUP) != 0) != (sp[USPS__IX_GROUP].n != 0))
+	 * unvalidated JSON. A publish has no group. */
+	if (!(flags & USPS__IXF_EV_KNOWN) || !f->topic.n || f->event.n < 2 ||
+	    ((flags & USPS__IXF_GROUP) != 0) != (f->group.n != 0) ||
+	    ((flags & USPS__IXF_PUBLISH) && f->group.n))
 		return 0;
-	*f = (struct usps__frame){
-		.type = USPS__F_EVENT,
-		.topic = sp[USPS__IX_TOPIC],
-		.group = sp[USPS__IX_GROUP],
-		.group_kind = sp[USPS__IX_GROUP].n ? USPS__OPT_STRING
-						   : USPS__OPT_ABSENT,
-		.event = sp[USPS__IX_EVENT],
-	};
+	f->type = flags & USPS__IXF_PUBLISH ? USPS__F_PUBLISH : USPS__F_EVENT;
+	f->group_kind = f->group.n ? USPS__OPT_STRING : USPS__OPT_ABSENT;
+	f->local_only = false;
 	f->ev_known = true;
-	f->ev = (struct usps__event_fields){
-		.type = sp[USPS__IX_TYPE],
-		.id = sp[USPS__IX_ID],
-		.run_id = sp[USPS__IX_RUN_ID],
-		.data = sp[USPS__IX_DATA],
-		.created_at = sp[USPS__IX_CREATED],
-		.delivery_attempt = sp[USPS__IX_ATTEMPT],
-	};
 	return 1;
 }

@@ -72,6 +72,16 @@ enum usps__json_kind usps__json_kind(struct usps__span s);
 int usps__json_string_decode(struct usps__span s, char *out, size_t *ret_len);
 
 /*
+ * usps__json_string_view() - the decoded text of the JSON string literal @s
+ * (with its quotes, already validated) without copying it, if it has no
+ * escape: returns 1 and sets *ret_p and *ret_len to the bytes between the
+ * quotes. Returns 0 if it has one (decode it then), -EINVAL if @s is not a
+ * string literal.
+ */
+int usps__json_string_view(struct usps__span s, const char **ret_p,
+			   size_t *ret_len);
+
+/*
  * usps__json_string_eq() - does the string literal @s decode to exactly
  * the @n bytes at @lit? Fast path for literals without escapes.
  */
@@ -121,6 +131,16 @@ enum usps__frame_type {
 	 * never sends it.
 	 */
 	USPS__F_INDEX,
+	/*
+	 * "usps.records": a usps extension. A usps broker sends it, as a
+	 * plain record right after its "usps.index" answer, to say that the
+	 * client may send records too. The client then sends the line
+	 * {"type":"usps.records"}, and everything it sends after that line
+	 * is records: its publishes indexed (USPS__IXF_PUBLISH), the rest
+	 * plain. A broker takes this only from a client of its own uid that
+	 * asked for indexed frames; from any other peer it is ignored.
+	 */
+	USPS__F_RECORDS,
 };
 
 /* How a "group" (or "localOnly") member was given. */
@@ -293,10 +313,10 @@ int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group);
  *
  *   u32 size   bytes after this field: the rest of the header, the line
  *              and its '\n'
- *   u8  kind   0: a plain frame (the client parses the line);
- *              1: an event frame, spans as u16 pairs;
- *              2: an event frame, spans as u32 pairs
- *   u8  flags  USPS__IXF_EV_KNOWN, USPS__IXF_GROUP
+ *   u8  kind   0: a plain frame (the reader parses the line);
+ *              1: an event or publish frame, spans as u16 pairs;
+ *              2: an event or publish frame, spans as u32 pairs
+ *   u8  flags  USPS__IXF_EV_KNOWN, USPS__IXF_GROUP, USPS__IXF_PUBLISH
  *   u16 hlen   header bytes from the size field on: 8, 44 or 80
  *   spans      kinds 1, 2: USPS__IX_N (offset, length) pairs, relative
  *              to the line, in enum order; length 0: absent
@@ -307,6 +327,12 @@ int usps__wire_put_group_tail(struct usps__buf *b, struct usps__span group);
  * broker of one's own uid. Nothing that reads the spans may assume more than
  * that: string spans are decoded with their quotes checked, createdAt is
  * validated before it is walked.
+ *
+ * The other way ("usps.records"), a client's publishes are records too,
+ * indexed as it built them (usps_publish() validated the data). The broker
+ * checks the spans the same way and trusts the rest, from a peer of its own
+ * uid only: such a peer could ptrace it anyway. It then forwards the line
+ * without scanning it.
  */
 enum {
 	USPS__IX_TOPIC,
@@ -323,6 +349,7 @@ enum {
 enum {
 	USPS__IXF_EV_KNOWN = 1, /* the event's members are in the index */
 	USPS__IXF_GROUP = 2,	/* the frame has a string "group" */
+	USPS__IXF_PUBLISH = 4,	/* a publish frame (client to broker) */
 };
 #define USPS__REC_PLAIN 8
 #define USPS__REC_NARROW (8 + USPS__IX_N * 4)
@@ -352,11 +379,35 @@ size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
 		      const struct usps__ix *ix);
 
 /*
+ * usps__rec_put_publish() - usps__wire_put_publish() as a record, with its
+ * index (USPS__IXF_EV_KNOWN | USPS__IXF_PUBLISH: the topic, the event, its
+ * type, runId and data) unless @extra has members, which leaves it plain.
+ * Returns 0 or -ENOMEM (with @b back at its old length).
+ */
+int usps__rec_put_publish(struct usps__buf *b, const char *topic,
+			  size_t topic_len, const char *type, size_t type_len,
+			  const char *run_id, struct usps__span data,
+			  struct usps__span extra);
+
+/*
+ * A plain record around a line built by one of the builders above:
+ *	r = usps__rec_begin(b, &at);
+ *	if (r == 0)
+ *		r = usps__rec_end(b, at, usps__wire_put_membership(b, ...));
+ * usps__rec_begin() appends room for the header and sets *ret_at to where
+ * it starts: 0 or -ENOMEM. usps__rec_end() writes the header if @r is 0,
+ * else puts @b back at @at and returns @r (-EINVAL if no line follows).
+ */
+int usps__rec_begin(struct usps__buf *b, size_t *ret_at);
+int usps__rec_end(struct usps__buf *b, size_t at, int r);
+
+/*
  * usps__rec_open() - read the record @rec of @n bytes, size field included
  * (as usps__reader_next_record() gives it). Sets *ret_line and *ret_len to
  * its line (without the '\n'). Returns 0 for a plain frame, or an event
- * without a usable index (parse the line then), 1 for an event frame with
- * @f filled as usps__wire_parse() would fill it, or -EPROTO for a malformed
+ * without a usable index (parse the line then; @f may have been written),
+ * 1 for an event frame, or a publish frame (USPS__IXF_PUBLISH), with @f
+ * filled as usps__wire_parse() would fill it, or -EPROTO for a malformed
  * record (a bad header, a span out of the line).
  */
 int usps__rec_open(const char *rec, size_t n, const char **ret_line,

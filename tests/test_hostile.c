@@ -448,6 +448,25 @@ static bool same_span(struct usps__span a, struct usps__span b)
 }
 
 /*
+ * Raw peers on "t": @ia asks for indexed frames and is told yes; @pb does
+ * not, and its ack is left in @line.
+ */
+static void join_indexed(int ia, struct raw_reader *ra, int pb,
+			 struct raw_reader *rb, char *line, size_t cap)
+{
+	CHECK_EQ_INT(raw_sends(ia,
+			       "{\"type\":\"usps.index\"}\n"
+			       "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"),
+		     0);
+	CHECK_EQ_INT(
+		raw_sends(pb, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
+	CHECK_EQ_INT(raw_line(ia, ra, line, cap, 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+	CHECK_EQ_INT(raw_line(pb, rb, line, cap, 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"subscribed\",\"topic\":\"t\"}");
+}
+
+/*
  * A peer of our uid that asks for indexed frames ("usps.index") is told
  * yes and then gets records: acks as plain records, events with an index
  * that matches a parse of the very line a peer without them gets.
@@ -466,19 +485,15 @@ TEST(indexed_frames)
 	ia = raw_connect(sock());
 	pb = raw_connect(sock());
 	REQUIRE(ia >= 0 && pb >= 0);
-	CHECK_EQ_INT(raw_sends(ia,
-			       "{\"type\":\"usps.index\"}\n"
-			       "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"),
-		     0);
-	CHECK_EQ_INT(
-		raw_sends(pb, "{\"type\":\"subscribe\",\"topic\":\"t\"}\n"), 0);
-	CHECK_EQ_INT(raw_line(ia, &ra, line, sizeof(line), 5000), 1);
-	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
-	CHECK_EQ_INT(raw_line(pb, &rb, line, sizeof(line), 5000), 1);
-	CHECK_EQ_STR(line, "{\"type\":\"subscribed\",\"topic\":\"t\"}");
-	/* The ack, as a plain record. */
+	join_indexed(ia, &ra, pb, &rb, line, sizeof(line));
+	/* The offer to take records ("usps.records"), then the ack, as
+	 * plain records. */
 	ssize_t k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
 
+	REQUIRE(k > 0);
+	CHECK_EQ_INT(usps__rec_open(rec, (size_t)k, &l, &n, &f), 0);
+	CHECK(n == 23 && !memcmp(l, "{\"type\":\"usps.records\"}", n));
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
 	REQUIRE(k > 0);
 	CHECK_EQ_INT(usps__rec_open(rec, (size_t)k, &l, &n, &f), 0);
 	CHECK(n == strlen(line) && !memcmp(l, line, n));
@@ -502,6 +517,25 @@ TEST(indexed_frames)
 	usps_close(b);
 }
 
+/* A fake broker: a socket listening at sock(). The fd, or -errno. */
+static int fake_broker_listen(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (lfd < 0)
+		return -errno;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock());
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(lfd, 8) < 0) {
+		int e = -errno;
+
+		close(lfd);
+		return e;
+	}
+	return lfd;
+}
+
 /* Accept one connection on @lfd within @timeout_ms: the fd or -errno. */
 static int accept_within(int lfd, int timeout_ms)
 {
@@ -514,6 +548,20 @@ static int accept_within(int lfd, int timeout_ms)
 	return fd < 0 ? -errno : fd;
 }
 
+/* The next client of the fake broker @lfd, which asks for indexed frames
+ * first: its fd (@rr emptied for it), or -errno. */
+static int accept_asked(int lfd, struct raw_reader *rr, char *line, size_t cap)
+{
+	int fd = accept_within(lfd, 5000);
+
+	rr->len = 0;
+	if (fd >= 0) {
+		CHECK_EQ_INT(raw_line(fd, rr, line, cap, 5000), 1);
+		CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+	}
+	return fd;
+}
+
 /*
  * A broker (here a fake one, of our uid) that says yes to "usps.index" and
  * then sends a record that lies about its spans: the client hangs up, as
@@ -522,7 +570,6 @@ static int accept_within(int lfd, int timeout_ms)
  */
 TEST(broken_record_from_broker)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct raw_reader rr = { 0 };
 	struct usps__ix ix = { 0 };
 	struct usps__frame f;
@@ -540,18 +587,13 @@ TEST(broken_record_from_broker)
 	col_init(&cc);
 	usps_options_init(&o);
 	o.membership_ack_timeout_ms = 100; /* nobody acks here */
-	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	lfd = fake_broker_listen();
 	REQUIRE(lfd >= 0);
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock());
-	REQUIRE(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-	REQUIRE(listen(lfd, 8) == 0);
 	REQUIRE(usps_open(&c, sock(), &o) == 0);
 	CHECK(!usps_is_broker(c));
 	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &sub), 0);
-	fd = accept_within(lfd, 5000);
+	fd = accept_asked(lfd, &rr, line, sizeof(line));
 	REQUIRE(fd >= 0);
-	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
-	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
 	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.index\"}\n"), 0);
 	/* The topic's span runs past the line. */
 	ix.off[USPS__IX_TOPIC] = 24;
@@ -568,11 +610,8 @@ TEST(broken_record_from_broker)
 	close(fd);
 
 	/* It comes back, asks again, and reads a good record. */
-	fd = accept_within(lfd, 5000);
+	fd = accept_asked(lfd, &rr, line, sizeof(line));
 	REQUIRE(fd >= 0);
-	rr.len = 0;
-	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
-	CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
 	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
 	CHECK_EQ_STR(line, "{\"type\":\"subscribe\",\"topic\":\"t\"}");
 	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.index\"}\n"), 0);
@@ -591,6 +630,197 @@ TEST(broken_record_from_broker)
 	col_free(&cc);
 }
 
+/* A record for the line @line (no '\n'), indexed by @ix or plain. */
+static size_t make_record(char *out, const char *line,
+			  const struct usps__ix *ix)
+{
+	uint8_t head[USPS__REC_WIDE];
+	size_t hlen = usps__rec_head(head, strlen(line), ix);
+
+	memcpy(out, head, hlen);
+	memcpy(out + hlen, line, strlen(line));
+	out[hlen + strlen(line)] = '\n';
+	return hlen + strlen(line) + 1;
+}
+
+/*
+ * A peer of our uid that took the offer ("usps.records") sends records: a
+ * publish by its index reaches a line peer as the line a parse would have
+ * routed, and itself as a record; a plain record is parsed. A record that
+ * lies about its spans gets the peer dropped, and the bus goes on. A peer
+ * that was never offered records sends lines even after the marker.
+ */
+TEST(records_from_peer)
+{
+	struct raw_reader ra = { 0 }, rb = { 0 };
+	struct usps__buf pub = { 0 };
+	char line[4096], rec[4096];
+	struct usps__frame f, g;
+	struct usps__ix ix = { 0 };
+	const char *l;
+	size_t n;
+	ssize_t k;
+	usps *b;
+	int ia, pb, ic;
+
+	REQUIRE(usps_open(&b, sock(), NULL) == 0);
+	ia = raw_connect(sock());
+	pb = raw_connect(sock());
+	ic = raw_connect(sock());
+	REQUIRE(ia >= 0 && pb >= 0 && ic >= 0);
+	join_indexed(ia, &ra, pb, &rb, line, sizeof(line));
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000); /* the offer */
+	REQUIRE(k > 0);
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000); /* the ack */
+	REQUIRE(k > 0);
+
+	/* Records from here on: a publish as usps_publish() builds it. */
+	CHECK_EQ_INT(raw_sends(ia, "{\"type\":\"usps.records\"}\n"), 0);
+	REQUIRE(usps__rec_put_publish(&pub, "t", 1, "rx", 2, "r9",
+				      (struct usps__span){ "{\"k\":[1]}", 9 },
+				      (struct usps__span){ 0 }) == 0);
+	CHECK_EQ_INT(raw_send(ia, pub.p, pub.len), 0);
+	CHECK_EQ_INT(raw_line(pb, &rb, line, sizeof(line), 5000), 1);
+	REQUIRE(usps__wire_parse(line, strlen(line), &g) == 0);
+	CHECK(g.type == USPS__F_EVENT && g.ev_known);
+	CHECK(g.ev.type.n == 4 && !memcmp(g.ev.type.p, "\"rx\"", 4));
+	CHECK(g.ev.run_id.n == 4 && !memcmp(g.ev.run_id.p, "\"r9\"", 4));
+	CHECK(g.ev.data.n == 9 && !memcmp(g.ev.data.p, "{\"k\":[1]}", 9));
+	CHECK(g.ev.id.n == 38 && g.ev.created_at.n > 0);
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
+	REQUIRE(k > 0);
+	REQUIRE(usps__rec_open(rec, (size_t)k, &l, &n, &f) == 1);
+	CHECK(f.type == USPS__F_EVENT);
+	CHECK(n == strlen(line) && !memcmp(l, line, n));
+
+	/* A plain record is parsed: a subscribe, acknowledged. */
+	n = make_record(rec, "{\"type\":\"subscribe\",\"topic\":\"u\"}", NULL);
+	CHECK_EQ_INT(raw_send(ia, rec, n), 0);
+	k = raw_record(ia, &ra, rec, sizeof(rec), 5000);
+	REQUIRE(k > 0);
+	CHECK_EQ_INT(usps__rec_open(rec, (size_t)k, &l, &n, &f), 0);
+	CHECK(n == 33 &&
+	      !memcmp(l, "{\"type\":\"subscribed\",\"topic\":\"u\"}", n));
+
+	/* A peer never offered records: the marker is ignored. */
+	CHECK_EQ_INT(raw_sends(ic, "{\"type\":\"usps.records\"}\n"
+				   "{\"type\":\"publish\",\"topic\":\"t\","
+				   "\"event\":{\"type\":\"plain\"}}\n"),
+		     0);
+	CHECK_EQ_INT(raw_line(pb, &rb, line, sizeof(line), 5000), 1);
+	CHECK(strstr(line, "\"type\":\"plain\"") != NULL);
+
+	/* A record whose topic runs past its line: that peer is dropped. */
+	ix.off[USPS__IX_TOPIC] = 26;
+	ix.len[USPS__IX_TOPIC] = 4000;
+	ix.off[USPS__IX_EVENT] = 39;
+	ix.len[USPS__IX_EVENT] = 2;
+	ix.flags = USPS__IXF_EV_KNOWN | USPS__IXF_PUBLISH;
+	n = make_record(rec,
+			"{\"type\":\"publish\",\"topic\":\"t\",\"event\":{}}",
+			&ix);
+	CHECK_EQ_INT(raw_send(ia, rec, n), 0);
+	CHECK_EQ_INT(raw_wait_closed(ia, 5000), 1);
+	CHECK_EQ_INT(usps_publish(b, "t", "after", "{}", 2, 0), 0);
+	CHECK_EQ_INT(raw_line(pb, &rb, line, sizeof(line), 5000), 1);
+	CHECK(strstr(line, "\"type\":\"after\"") != NULL);
+	usps__buf_free(&pub);
+	close(ia);
+	close(pb);
+	close(ic);
+	usps_close(b);
+}
+
+/* The "i" of the data {"i":N,...} of a publish line, or -1. */
+static long pub_seq(const char *line)
+{
+	const char *d = strstr(line, "\"data\":{\"i\":");
+
+	return d ? strtol(d + 12, NULL, 10) : -1;
+}
+
+/*
+ * A client sends records to a broker that offers to take them: the marker
+ * line, then its publishes indexed exactly as a parse of their lines. When
+ * that broker goes away without reading, what the client had not written
+ * goes to the next broker, which does not offer records: as lines, in
+ * order, none of them cut, up to the last one published.
+ */
+TEST(records_to_broker_then_lines)
+{
+	struct raw_reader rr = { 0 };
+	struct usps__frame f, g;
+	char line[4096], rec[4096], data[300];
+	const long N = 20000;
+	const char *l;
+	usps_options o;
+	size_t n;
+	ssize_t k;
+	long next = -1;
+	usps *c;
+	int lfd, fd;
+
+	usps_options_init(&o);
+	o.membership_ack_timeout_ms = 100; /* nobody acks here */
+	lfd = fake_broker_listen();
+	REQUIRE(lfd >= 0);
+	REQUIRE(usps_open(&c, sock(), &o) == 0);
+	fd = accept_asked(lfd, &rr, line, sizeof(line));
+	REQUIRE(fd >= 0);
+	n = make_record(rec, "{\"type\":\"usps.records\"}", NULL);
+	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"usps.index\"}\n"), 0);
+	CHECK_EQ_INT(raw_send(fd, rec, n), 0);
+	CHECK_EQ_INT(raw_line(fd, &rr, line, sizeof(line), 5000), 1);
+	CHECK_EQ_STR(line, "{\"type\":\"usps.records\"}");
+
+	/* One publish: a record whose index is what a parse finds. */
+	CHECK_EQ_INT(usps_publish_ex(c, "t", "one", "[1,{\"a\":\"\\n\"}]", 14,
+				     "run", NULL, 0, 0),
+		     0);
+	k = raw_record(fd, &rr, rec, sizeof(rec), 5000);
+	REQUIRE(k > 0);
+	REQUIRE(usps__rec_open(rec, (size_t)k, &l, &n, &f) == 1);
+	CHECK(f.type == USPS__F_PUBLISH);
+	REQUIRE(usps__wire_parse(l, n, &g) == 0);
+	CHECK(g.type == USPS__F_PUBLISH && g.ev_known && !g.group.n);
+	CHECK(same_span(f.topic, g.topic) && same_span(f.event, g.event));
+	for (int i = 0; i < 6; i++)
+		CHECK(same_span((&f.ev.type)[i], (&g.ev.type)[i]));
+
+	/* Far more than the socket holds, then the broker is gone. */
+	memset(data, 'x', sizeof(data));
+	for (long i = 0; i < N; i++) {
+		int m = snprintf(data, sizeof(data), "{\"i\":%ld,\"p\":\"", i);
+
+		memset(data + m, 'x', 200);
+		memcpy(data + m + 200, "\"}", 2);
+		REQUIRE(usps_publish(c, "t", "many", data, (size_t)m + 202,
+				     0) == 0);
+	}
+	close(fd);
+
+	/* The next broker takes lines. */
+	fd = accept_asked(lfd, &rr, line, sizeof(line));
+	REQUIRE(fd >= 0);
+	while (next < N - 1) {
+		long i;
+
+		if (raw_line(fd, &rr, line, sizeof(line), 5000) != 1) {
+			CHECK(!"line expected");
+			break;
+		}
+		REQUIRE(usps__wire_parse(line, strlen(line), &g) == 0);
+		REQUIRE(g.type == USPS__F_PUBLISH);
+		i = pub_seq(line);
+		CHECK(i > 0 && (next < 0 || i == next + 1));
+		next = i;
+	}
+	CHECK_EQ_INT(usps_flush(c, 5000), 0);
+	close(fd);
+	close(lfd);
+	usps_close(c);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -602,5 +832,7 @@ int main(void)
 	RUN(sigstopped_subscriber);
 	RUN(indexed_frames);
 	RUN(broken_record_from_broker);
+	RUN(records_from_peer);
+	RUN(records_to_broker_then_lines);
 	return harness_end();
 }

@@ -1814,6 +1814,101 @@ TEST(record_open_rejects)
 	usps__buf_free(&rec);
 }
 
+/*
+ * A publish as a record (usps_publish()'s outbox): its line is the one
+ * usps__wire_put_publish() writes, and its index what a parse of that line
+ * finds; narrow, wide past 64 KiB, plain when members are spliced in; and
+ * the broker's head built from it is indexed as from the parse.
+ */
+TEST(publish_record_matches_parse)
+{
+	static const struct {
+		const char *topic, *type, *run_id, *data, *extra;
+	} cases[] = {
+		{ "t", "x", NULL, NULL, NULL },
+		{ "a\"b\n", "t\\y", "r\t1", "[1,{\"k\":\"\\n\"}]", NULL },
+		{ "\xc3\xa9t\xc3\xa9", "", "", "\"s\"", "{}" },
+		{ "t", "x", NULL, "1", "{\"id\":\"mine\",\"n\":2}" },
+	};
+	struct usps__buf line = { 0 }, rec = { 0 }, big = { 0 };
+	struct usps__frame f, g;
+	const char *l;
+	size_t n;
+
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct usps__span data = { 0 }, extra = { 0 };
+		bool plain = cases[c].extra && strlen(cases[c].extra) > 2;
+
+		if (cases[c].data)
+			data = js(cases[c].data);
+		if (cases[c].extra)
+			extra = js(cases[c].extra);
+		line.len = rec.len = 0;
+		REQUIRE(usps__wire_put_publish(
+				&line, cases[c].topic, strlen(cases[c].topic),
+				cases[c].type, strlen(cases[c].type),
+				cases[c].run_id, data, extra) == 0);
+		REQUIRE(usps__rec_put_publish(
+				&rec, cases[c].topic, strlen(cases[c].topic),
+				cases[c].type, strlen(cases[c].type),
+				cases[c].run_id, data, extra) == 0);
+		CHECK_EQ_INT(usps__rec_open(rec.p, rec.len, &l, &n, &f),
+			     plain ? 0 : 1);
+		CHECK(n == line.len - 1 && !memcmp(l, line.p, n));
+		REQUIRE(usps__wire_parse(l, n, &g) == 0);
+		CHECK(g.type == USPS__F_PUBLISH);
+		if (plain)
+			continue;
+		CHECK(f.type == USPS__F_PUBLISH && f.ev_known &&
+		      !f.local_only && f.group_kind == USPS__OPT_ABSENT);
+		CHECK(same_span(f.topic, g.topic));
+		CHECK(same_span(f.event, g.event));
+		for (int i = 0; i < 6; i++)
+			CHECK(same_span((&f.ev.type)[i], (&g.ev.type)[i]));
+	}
+
+	/* Past 64 KiB: the wide header, and the same spans. */
+	REQUIRE(usps__buf_put(&big, "\"", 1) == 0);
+	for (int i = 0; i < 70000; i++)
+		REQUIRE(usps__buf_put(&big, "y", 1) == 0);
+	REQUIRE(usps__buf_put(&big, "\"", 1) == 0);
+	rec.len = 0;
+	REQUIRE(usps__rec_put_publish(&rec, "t", 1, "x", 1, "r",
+				      (struct usps__span){ big.p, big.len },
+				      (struct usps__span){ 0 }) == 0);
+	CHECK_EQ_INT((unsigned char)rec.p[4], 2);
+	REQUIRE(usps__rec_open(rec.p, rec.len, &l, &n, &f) == 1);
+	REQUIRE(usps__wire_parse(l, n, &g) == 0);
+	CHECK(same_span(f.event, g.event) && same_span(f.ev.data, g.ev.data));
+	CHECK(f.ev.data.n == big.len);
+
+	/* Records in a row, each as long as its size field says. */
+	rec.len = 0;
+	REQUIRE(usps__rec_put_publish(&rec, "t", 1, "a", 1, NULL,
+				      (struct usps__span){ 0 },
+				      (struct usps__span){ 0 }) == 0);
+	size_t first = rec.len, at;
+
+	CHECK_EQ_INT(usps__rec_begin(&rec, &at), 0);
+	CHECK_EQ_INT(usps__rec_end(&rec, at,
+				   usps__wire_put_membership(&rec, false, "t",
+							     1, NULL, 0)),
+		     0);
+	CHECK_EQ_INT(usps__rec_open(rec.p, first, &l, &n, &f), 1);
+	CHECK_EQ_INT(usps__rec_open(rec.p + first, rec.len - first, &l, &n, &f),
+		     0);
+	CHECK(n == 32 &&
+	      !memcmp(l, "{\"type\":\"subscribe\",\"topic\":\"t\"}", n));
+	/* A failed build leaves nothing behind. */
+	CHECK_EQ_INT(usps__rec_begin(&rec, &at), 0);
+	CHECK_EQ_INT(usps__rec_end(&rec, at, -ENOMEM), -ENOMEM);
+	CHECK_EQ_INT(usps__rec_end(&rec, rec.len, 0), -EINVAL);
+	CHECK(rec.len == at);
+	usps__buf_free(&line);
+	usps__buf_free(&rec);
+	usps__buf_free(&big);
+}
+
 int main(void)
 {
 	RUN(validate_accepts);
@@ -1853,5 +1948,6 @@ int main(void)
 	RUN(index_matches_parse);
 	RUN(index_wide_and_group);
 	RUN(record_open_rejects);
+	RUN(publish_record_matches_parse);
 	return harness_end();
 }
