@@ -43,10 +43,15 @@ static void conn_emptied(usps *ps)
 	pthread_mutex_unlock(&ps->out_lock);
 }
 
-/* Record sizes in conn_out, size field included. */
+/* A record's size in conn_out, size field included, and its header's. */
 static size_t rec_size(const char *rec)
 {
 	return (size_t)usps__get_le32(rec) + 4;
+}
+
+static size_t rec_hlen(const char *rec)
+{
+	return usps__get_le16(rec + 6);
 }
 
 /* Lines at most per sendmsg() while headers are left out. */
@@ -65,7 +70,7 @@ static ssize_t send_lines(usps *ps)
 
 	while (off < end && msg.msg_iovlen < LINES_IOV) {
 		size_t size = rec_size(p + off);
-		size_t hlen = usps__get_le16(p + off + 6);
+		size_t hlen = rec_hlen(p + off);
 
 		iov[msg.msg_iovlen].iov_base = p + off + hlen + part;
 		iov[msg.msg_iovlen++].iov_len = size - hlen - part;
@@ -82,8 +87,7 @@ static void lines_written(usps *ps, size_t n)
 
 	while (n) {
 		size_t size = rec_size(p + ps->conn_off);
-		size_t left = size - usps__get_le16(p + ps->conn_off + 6) -
-			      ps->conn_part;
+		size_t left = size - rec_hlen(p + ps->conn_off) - ps->conn_part;
 
 		if (n < left) {
 			ps->conn_part += n;
@@ -183,15 +187,14 @@ void usps__client_take_outbox(usps *ps)
 		return;
 	pthread_mutex_lock(&ps->out_lock);
 	if (ps->outbox.len) {
-		struct usps__buf t = ps->conn_out;
+		struct usps__buf t;
 
+		usps__client_out_reset(ps);
+		t = ps->conn_out;
 		ps->conn_out = ps->outbox;
 		ps->outbox = t;
-		ps->outbox.len = 0;
 		atomic_store_explicit(&ps->outbox_queued, false,
 				      memory_order_relaxed);
-		ps->conn_off = ps->conn_part = 0;
-		ps->conn_rec_at = ps->conn_rec_out ? 0 : SIZE_MAX;
 		took = true;
 		ps->out_taken = ps->out_appended;
 		ps->conn_out_end = ps->out_taken;
@@ -281,7 +284,7 @@ static void requeue_unsent(usps *ps)
 		off += rec_size(p + off);
 	while (off < len) {
 		size_t n = rec_size(p + off);
-		size_t hlen = usps__get_le16(p + off + 6);
+		size_t hlen = rec_hlen(p + off);
 
 		if (n - hlen > sizeof(pub) - 1 &&
 		    !memcmp(p + off + hlen, pub, sizeof(pub) - 1) &&

@@ -122,8 +122,8 @@ void usps__sub_unref(struct usps_sub *s)
 		free(s);
 }
 
-/* Decode a string span into a stack buffer or, if large, the heap. */
-/* A decoded name: the literal's own bytes when it has no escape. */
+/* A decoded name: the literal's own bytes when it has no escape, else
+ * decoded into a stack buffer or, if large, the heap. */
 struct dec {
 	char small[256];
 	const char *p;

@@ -1728,12 +1728,10 @@ int usps__rec_put_publish(struct usps__buf *b, const char *topic,
 		goto rollback;
 	line = b->len - old - USPS__REC_NARROW - 1;
 	hlen = usps__rec_head(h, line, indexed ? &ix : NULL);
-	if (hlen > USPS__REC_NARROW) {
-		if (usps__buf_reserve(b, hlen - USPS__REC_NARROW) < 0)
+	if (hlen != USPS__REC_NARROW) {
+		if (hlen > USPS__REC_NARROW &&
+		    usps__buf_reserve(b, hlen - USPS__REC_NARROW) < 0)
 			goto rollback;
-		memmove(b->p + old + hlen, b->p + old + USPS__REC_NARROW,
-			line + 1);
-	} else if (hlen < USPS__REC_NARROW) {
 		memmove(b->p + old + hlen, b->p + old + USPS__REC_NARROW,
 			line + 1);
 	}
@@ -2222,11 +2220,6 @@ static uint8_t *le32(uint8_t *o, uint32_t v)
 	return o + 4;
 }
 
-static uint32_t get16(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8;
-}
-
 size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
 		      const struct usps__ix *ix)
 {
@@ -2284,7 +2277,7 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 		return -EPROTO;
 	kind = h[4];
 	flags = h[5];
-	hlen = get16(h + 6);
+	hlen = usps__get_le16(h + 6);
 	if (kind > 2 ||
 	    hlen != (kind == 0	 ? (size_t)USPS__REC_PLAIN
 		     : kind == 1 ? (size_t)USPS__REC_NARROW
@@ -2300,8 +2293,9 @@ int usps__rec_open(const char *rec, size_t n, const char **ret_line,
 	 * retire, a stall per span. */
 	for (int i = 0; i < USPS__IX_N; i++) {
 		const uint8_t *e = h + 8 + (size_t)i * (kind == 1 ? 4 : 8);
-		size_t off = kind == 1 ? get16(e) : usps__get_le32(e);
-		size_t sn = kind == 1 ? get16(e + 2) : usps__get_le32(e + 4);
+		size_t off = kind == 1 ? usps__get_le16(e) : usps__get_le32(e);
+		size_t sn = kind == 1 ? usps__get_le16(e + 2)
+				      : usps__get_le32(e + 4);
 
 		if (off > len || sn > len - off)
 			return -EPROTO;
