@@ -14,14 +14,17 @@
  * receiver) queued per fd in a ring and written with one sendmsg(2) of up to
  * WQ_IOV iovecs at a time. Small frames are copied instead into a chunk of
  * the queue's own that they fill one after another, so that a stream of
- * them costs neither a malloc() nor an iovec each. sendmsg() rather than
- * writev() so that MSG_NOSIGNAL keeps a vanished peer from raising SIGPIPE.
+ * them costs neither a malloc() nor an iovec each; such chunks, once
+ * written, are kept per thread for the next (see tail_new()). sendmsg()
+ * rather than writev() so that MSG_NOSIGNAL keeps a vanished peer from
+ * raising SIGPIPE.
  */
 #define _GNU_SOURCE
 #include "frame.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -325,9 +328,84 @@ struct usps__chunk *usps__chunk_ref(struct usps__chunk *c)
 	return c;
 }
 
+/*
+ * Written queue-tail chunks kept for reuse, per thread (chunks are the
+ * I/O thread's alone), up to TAIL_KEEP of them. A broker's queues take
+ * and drop several every turn; freed, they sit at the heap top, which
+ * glibc hands back to the kernel, so that the next ones fault their pages
+ * in again: in fan-out that cost the broker up to an eighth of its time,
+ * in about half the runs (bench/: 4.2 to 4.9 M deliveries/s against 5.5 M
+ * with the cache). The list is freed when its thread exits.
+ */
+#define TAIL_KEEP 64u
+
+struct tail_cache {
+	struct usps__chunk *head; /* linked through data[] */
+	unsigned n;
+	bool registered; /* with tail_key, for the exit */
+};
+
+static _Thread_local struct tail_cache tails;
+static pthread_key_t tail_key;
+static bool tail_key_ok;
+static pthread_once_t tail_once = PTHREAD_ONCE_INIT;
+
+static void tail_cache_free(void *arg)
+{
+	struct tail_cache *tc = arg;
+
+	while (tc->head) {
+		struct usps__chunk *c = tc->head;
+
+		memcpy(&tc->head, c->data, sizeof(tc->head));
+		free(c);
+	}
+	tc->n = 0;
+	tc->registered = false;
+}
+
+static void tail_key_init(void)
+{
+	tail_key_ok = pthread_key_create(&tail_key, tail_cache_free) == 0;
+}
+
+/* Keep @c (a written tail chunk) for reuse; false if there is no room. */
+static bool tail_keep(struct usps__chunk *c)
+{
+	if (tails.n == TAIL_KEEP)
+		return false;
+	if (!tails.registered) {
+		(void)pthread_once(&tail_once, tail_key_init);
+		if (!tail_key_ok || pthread_setspecific(tail_key, &tails) != 0)
+			return false;
+		tails.registered = true;
+	}
+	memcpy(c->data, &tails.head, sizeof(tails.head));
+	tails.head = c;
+	tails.n++;
+	return true;
+}
+
+/* An empty chunk with room for WQ_TAIL bytes, the queue's alone. */
+static struct usps__chunk *tail_new(void)
+{
+	struct usps__chunk *c = tails.head;
+
+	if (c) {
+		memcpy(&tails.head, c->data, sizeof(tails.head));
+		tails.n--;
+	} else {
+		c = malloc(sizeof(*c) + WQ_TAIL);
+		if (!c)
+			return NULL;
+	}
+	*c = (struct usps__chunk){ .refs = 0, .len = 0, .cap = WQ_TAIL };
+	return c;
+}
+
 void usps__chunk_unref(struct usps__chunk *c)
 {
-	if (c && --c->refs == 0)
+	if (c && --c->refs == 0 && (c->cap != WQ_TAIL || !tail_keep(c)))
 		free(c);
 }
 
@@ -403,18 +481,23 @@ int usps__wq_put(struct usps__wq *q, const void *p, size_t n)
 		t = q->ents[(q->head + q->count - 1) & (q->cap - 1)].c;
 	/* Only a chunk no other queue shares may grow. */
 	if (!t || t->refs != 1 || t->cap - t->len < n) {
-		size_t cap = n > WQ_TAIL ? n : WQ_TAIL;
 		int r;
 
-		if (cap > SIZE_MAX - sizeof(*t))
-			return -ENOMEM;
-		t = malloc(sizeof(*t) + cap);
+		if (n <= WQ_TAIL) {
+			t = tail_new();
+		} else {
+			if (n > SIZE_MAX - sizeof(*t))
+				return -ENOMEM;
+			t = malloc(sizeof(*t) + n);
+			if (t)
+				*t = (struct usps__chunk){ .cap = n };
+		}
 		if (!t)
 			return -ENOMEM;
-		*t = (struct usps__chunk){ .refs = 0, .len = 0, .cap = cap };
 		r = usps__wq_push(q, t); /* the queue's is the only ref */
 		if (r < 0) {
-			free(t);
+			t->refs = 1;
+			usps__chunk_unref(t);
 			return r;
 		}
 	}
