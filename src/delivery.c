@@ -8,6 +8,10 @@
  * Each event is copied once, with its strings decoded, into a shared
  * dl_event; every usps_delivery of it (one per receiving subscription, and
  * one per redelivery) holds a reference.
+ *
+ * Deliveries are made and freed under ps->lock, never by the delivery
+ * thread alone: their references to events and subscriptions are then
+ * plain counts, where atomic ones cost several per delivery.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,8 +23,8 @@
 #include "internal.h"
 
 struct dl_event {
-	atomic_uint refs;
-	uint8_t cls; /* size class for the cache (DL_CLASSES: none) */
+	unsigned refs; /* under ps->lock */
+	uint8_t cls;   /* size class for the cache (DL_CLASSES: none) */
 	struct dl_event *cnext; /* in the cache */
 	size_t bytes;
 	usps_event ev; /* delivery_attempt and group set per call */
@@ -35,8 +39,8 @@ struct dl_event {
  * Events are kept for reuse when freed, per size class, up to
  * DL_CACHE_BYTES in all: in steady state an event costs no malloc() and
  * free(), and large ones do not fault their pages in again each time
- * (glibc hands a freed heap top back to the kernel). The cache is used
- * under ps->lock only.
+ * (glibc hands a freed heap top back to the kernel). Like the deliveries,
+ * the cache is used under ps->lock only.
  */
 #define DL_MIN_SHIFT 9 /* 512 bytes */
 #define DL_CLASSES USPS__DL_CLASSES
@@ -70,10 +74,10 @@ static struct dl_event *ev_alloc(usps *ps, size_t size)
 	return e;
 }
 
-/* Free @e, into the cache if @cache (ps->lock held) and there is room. */
-static void ev_free(usps *ps, struct dl_event *e, bool cache)
+/* Free @e, into the cache if there is room. */
+static void ev_free(usps *ps, struct dl_event *e)
 {
-	if (cache && e->cls < DL_CLASSES &&
+	if (e->cls < DL_CLASSES &&
 	    ps->ev_cache_bytes + class_size(e->cls) <= DL_CACHE_BYTES) {
 		e->cnext = ps->ev_cache[e->cls];
 		ps->ev_cache[e->cls] = e;
@@ -81,12 +85,6 @@ static void ev_free(usps *ps, struct dl_event *e, bool cache)
 		return;
 	}
 	free(e);
-}
-
-static void ev_unref(usps *ps, struct dl_event *e, bool cache)
-{
-	if (atomic_fetch_sub(&e->refs, 1) == 1)
-		ev_free(ps, e, cache);
 }
 
 /* Decode string span @s into @*pos (advancing it); NULL if not a string. */
@@ -165,7 +163,6 @@ static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 	e = ev_alloc(ps, sizeof(*e) + room);
 	if (!e)
 		return NULL;
-	atomic_init(&e->refs, 0);
 	e->bytes = len;
 	memcpy(e->buf, line, len);
 	e->buf[len] = '\0';
@@ -211,7 +208,7 @@ static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 	e->wire_attempt = parse_attempt(ef.delivery_attempt);
 	return e;
 fail:
-	ev_free(ps, e, true);
+	ev_free(ps, e);
 	return NULL;
 }
 
@@ -237,7 +234,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 				free(first);
 				first = next;
 			}
-			ev_free(ps, e, true);
+			ev_free(ps, e);
 			return -ENOMEM;
 		}
 		d->ev = e;
@@ -249,7 +246,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 			first = d;
 		last = d;
 	}
-	atomic_init(&e->refs, (unsigned)n);
+	e->refs = (unsigned)n;
 	if (ps->stage_tail)
 		ps->stage_tail->next = first;
 	else
@@ -260,7 +257,7 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	return 0;
 }
 
-static void free_list(usps *ps, struct usps_delivery *d, bool cache);
+static void free_list(usps *ps, struct usps_delivery *d);
 
 void usps__dl_commit(usps *ps)
 {
@@ -275,7 +272,7 @@ void usps__dl_commit(usps *ps)
 	atomic_store(&ps->dl_done_any, false);
 	if (!ps->stage_head) {
 		pthread_mutex_unlock(&ps->dq_lock);
-		free_list(ps, done, true);
+		free_list(ps, done);
 		return;
 	}
 	/* The delivery thread sleeps only on an empty queue (dq_cond also
@@ -296,17 +293,18 @@ void usps__dl_commit(usps *ps)
 		usps__engine_wake(ps);
 	ps->stage_head = ps->stage_tail = NULL;
 	ps->stage_n = ps->stage_bytes = 0;
-	free_list(ps, done, true);
+	free_list(ps, done);
 }
 
-static void free_delivery(usps *ps, struct usps_delivery *d, bool cache)
+static void free_delivery(usps *ps, struct usps_delivery *d)
 {
 	struct dl_event *e = d->ev;
 
-	usps__sub_unref(d->sub);
+	usps__sub_dl_unref(d->sub);
 	if (d != &e->first)
 		free(d);
-	ev_unref(ps, e, cache);
+	if (--e->refs == 0)
+		ev_free(ps, e);
 }
 
 static void timer_insert(usps *ps, struct usps_delivery *d)
@@ -426,14 +424,21 @@ static void *dl_main(void *arg)
 		d->next = ps->dl_done;
 		ps->dl_done = d;
 		ps->dl_done_bytes += d->ev->bytes;
-		atomic_store(&ps->dl_done_any, true);
+		/* A hint for usps__dl_commit(), which looks again under
+		 * dq_lock: no ordering needed. */
+		if (!atomic_load_explicit(&ps->dl_done_any,
+					  memory_order_relaxed))
+			atomic_store_explicit(&ps->dl_done_any, true,
+					      memory_order_relaxed);
 		if (ps->dl_done_bytes > (16u << 20)) {
 			struct usps_delivery *list = ps->dl_done;
 
 			ps->dl_done = NULL;
 			ps->dl_done_bytes = 0;
 			pthread_mutex_unlock(&ps->dq_lock);
-			free_list(ps, list, false);
+			pthread_mutex_lock(&ps->lock);
+			free_list(ps, list);
+			pthread_mutex_unlock(&ps->lock);
 			pthread_mutex_lock(&ps->dq_lock);
 		}
 	}
@@ -451,13 +456,13 @@ int usps__dl_start(usps *ps)
 	return 0;
 }
 
-/* Free a list of deliveries; @cache: ps->lock is held (see ev_free). */
-static void free_list(usps *ps, struct usps_delivery *d, bool cache)
+/* Free a list of deliveries (ps->lock held). */
+static void free_list(usps *ps, struct usps_delivery *d)
 {
 	while (d) {
 		struct usps_delivery *next = d->next;
 
-		free_delivery(ps, d, cache);
+		free_delivery(ps, d);
 		d = next;
 	}
 }
@@ -473,13 +478,15 @@ void usps__dl_stop(usps *ps)
 	if (ps->dl_started)
 		pthread_join(ps->dl_thread, NULL);
 	ps->dl_started = false;
-	free_list(ps, ps->stage_head, false);
-	ps->stage_head = ps->stage_tail = NULL;
-	free_list(ps, ps->dq_head, false);
-	free_list(ps, ps->timers, false);
-	free_list(ps, ps->dl_done, false);
-	ps->dq_head = ps->dq_tail = ps->timers = ps->dl_done = NULL;
 	/* Nothing allocates events now: the engine stops once stopping. */
+	pthread_mutex_lock(&ps->lock);
+	free_list(ps, ps->stage_head);
+	ps->stage_head = ps->stage_tail = NULL;
+	free_list(ps, ps->dq_head);
+	free_list(ps, ps->timers);
+	free_list(ps, ps->dl_done);
+	ps->dq_head = ps->dq_tail = ps->timers = ps->dl_done = NULL;
+	pthread_mutex_unlock(&ps->lock);
 	for (unsigned i = 0; i < DL_CLASSES; i++) {
 		while (ps->ev_cache[i]) {
 			struct dl_event *e = ps->ev_cache[i];

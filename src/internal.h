@@ -84,6 +84,9 @@ struct usps_sub {
 	usps_handler fn;
 	void *userdata;
 	atomic_uint refs;
+	/* Under ps->lock: deliveries of it, which hold one of refs between
+	 * them, so that each costs no atomic operation. */
+	unsigned dl_refs;
 	bool active; /* under dq_lock: may still be called */
 };
 
@@ -117,6 +120,9 @@ struct key *usps__key_get(usps *ps, const char *topic, size_t tlen,
 /* Free @k if it has no subscriptions and no waiters. */
 void usps__key_release(usps *ps, struct key *k);
 void usps__sub_unref(struct usps_sub *s);
+/* A delivery's reference to @s, taken and dropped under ps->lock. */
+void usps__sub_dl_ref(struct usps_sub *s);
+void usps__sub_dl_unref(struct usps_sub *s);
 /* Free every key and the subscriptions they hold (closing). */
 void usps__registry_free(usps *ps);
 
@@ -124,7 +130,8 @@ void usps__registry_free(usps *ps);
  * usps__deliver_line() - hand an event frame (a line we hold in @line, with
  * @f parsed from it) to the local subscriptions it is for: every fan-out
  * subscription of its topic, or one member of its group ("group" null or
- * not a string: nobody, as a Node client does). Copies what it needs. Called with ps->lock held. 0 or -ENOMEM.
+ * not a string: nobody, as a Node client does). Copies what it needs.
+ * Called with ps->lock held. 0 or -ENOMEM.
  */
 int usps__deliver_line(usps *ps, const char *line, size_t len,
 		       const struct usps__frame *f);
@@ -147,8 +154,10 @@ int usps__dl_start(usps *ps);
 /* Stop the thread and free what is queued. Not from the delivery thread. */
 void usps__dl_stop(usps *ps);
 /*
- * Queue one delivery of the event in @line (an event frame already parsed
- * into @f) to each of @subs[0..n). Takes dq_lock. 0 or -ENOMEM.
+ * Stage one delivery of the event in @line (an event frame already parsed
+ * into @f) to each of @subs[0..n), under ps->lock. Each of @subs comes
+ * with a delivery reference (usps__sub_dl_ref()) that its delivery takes
+ * over; on failure they stay the caller's. 0 or -ENOMEM.
  */
 int usps__dl_push(usps *ps, const char *line, size_t len,
 		  const struct usps__frame *f, struct usps_sub **subs,

@@ -122,6 +122,18 @@ void usps__sub_unref(struct usps_sub *s)
 		free(s);
 }
 
+void usps__sub_dl_ref(struct usps_sub *s)
+{
+	if (s->dl_refs++ == 0)
+		atomic_fetch_add(&s->refs, 1);
+}
+
+void usps__sub_dl_unref(struct usps_sub *s)
+{
+	if (--s->dl_refs == 0)
+		usps__sub_unref(s);
+}
+
 /* A decoded name: the literal's own bytes when it has no escape, else
  * decoded into a stack buffer or, if large, the heap. */
 struct dec {
@@ -187,7 +199,7 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 		for (size_t i = k->cursor % k->nsubs; i; i--)
 			s = s->next;
 		k->cursor = (k->cursor % k->nsubs) + 1;
-		atomic_fetch_add(&s->refs, 1);
+		usps__sub_dl_ref(s);
 		subs[n++] = s;
 	} else {
 		k = usps__key_find(ps, topic.p, topic.n, NULL, 0);
@@ -201,14 +213,14 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 			}
 		}
 		for (struct usps_sub *s = k->subs; s; s = s->next) {
-			atomic_fetch_add(&s->refs, 1);
+			usps__sub_dl_ref(s);
 			subs[n++] = s;
 		}
 	}
 	r = usps__dl_push(ps, line, len, f, subs, n);
 	if (r < 0)
 		for (size_t i = 0; i < n; i++)
-			usps__sub_unref(subs[i]);
+			usps__sub_dl_unref(subs[i]);
 out:
 	if (subs != stack)
 		free(subs);
