@@ -396,11 +396,10 @@ static int scratch_start(usps *ps, size_t n)
  */
 static struct out out_of(struct usps__buf *b, const struct usps__ix *ix)
 {
-	uint8_t h[USPS__REC_WIDE];
 	size_t line = b->len - LINE_AT - 1;
-	size_t hlen = usps__rec_head(h, line, ix);
+	size_t hlen = usps__rec_hlen(line, ix);
 
-	memcpy(b->p + LINE_AT - hlen, h, hlen);
+	(void)usps__rec_head((uint8_t *)b->p + LINE_AT - hlen, line, ix);
 	return (struct out){ b->p + LINE_AT - hlen, hlen + line + 1, hlen,
 			     NULL };
 }

@@ -369,14 +369,23 @@ struct usps__ix {
 void usps__ix_from_frame(struct usps__ix *ix, const struct usps__frame *f,
 			 const char *line);
 
+/* The length of the header usps__rec_head() writes for these. */
+static inline size_t usps__rec_hlen(size_t line_len, const struct usps__ix *ix)
+{
+	return !ix			? USPS__REC_PLAIN
+	       : line_len <= UINT16_MAX ? USPS__REC_NARROW
+					: USPS__REC_WIDE;
+}
+
 /*
  * usps__rec_head() - write the header of a record holding a line of
  * @line_len bytes (plus its '\n') to @out: an event's with @ix, a plain
- * frame's with @ix NULL. Returns the header's length (hlen), at most
- * USPS__REC_WIDE. The line must be at most 4 GiB - 256 bytes.
+ * frame's with @ix NULL. Returns the header's length (hlen, as
+ * usps__rec_hlen() tells beforehand), at most USPS__REC_WIDE. The line
+ * must be at most 4 GiB - 256 bytes. Best written where it stays: copied
+ * soon after, a header built in small stores stalls the copy's wide loads.
  */
-size_t usps__rec_head(uint8_t out[USPS__REC_WIDE], size_t line_len,
-		      const struct usps__ix *ix);
+size_t usps__rec_head(uint8_t *out, size_t line_len, const struct usps__ix *ix);
 
 /*
  * usps__rec_put_publish() - usps__wire_put_publish() as a record, with its
