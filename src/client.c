@@ -513,13 +513,22 @@ void usps__client_io(usps *ps, uint32_t events)
 				usps__client_lost(ps);
 				return;
 			}
+			/* Polling on the delivery thread, events may be
+			 * delivered inline from the reader's buffer. */
+			ps->ib_ok = ps->dl_turn;
 			r = take_frames(ps);
+			if (ps->ib_ok)
+				usps__dl_hold(ps, &ps->conn_rd);
+			ps->ib_ok = false;
 			usps__dl_commit(ps);
 			if (r < 0) {
 				/* An oversized frame, or a broken record. */
 				usps__client_lost(ps);
 				return;
 			}
+			/* Run them before reading more. */
+			if (ps->dl_turn && ps->ib_n)
+				break;
 		}
 	}
 	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)

@@ -147,73 +147,87 @@ static int64_t created_ms(struct usps__span s)
 	return ms;
 }
 
+/*
+ * Fill @ev (delivery_attempt aside) from the event frame @f parsed from
+ * @line: strings decoded at @pos, which has room for len + 16 bytes, and
+ * event_json at the same offset in @json_line (@line itself, or a copy of
+ * it). -EINVAL if the topic is not a string.
+ */
+static int ev_fill(usps_event *ev, uint32_t *ret_attempt, const char *line,
+		   const char *json_line, const struct usps__frame *f,
+		   char *pos)
+{
+	struct usps__event_fields ef;
+	struct usps__span evs, s;
+
+	memset(ev, 0, sizeof(*ev));
+	/* Strings are decoded from @line, not from a copy just written:
+	 * reading that back at once would stall on the stores in flight. */
+	evs = f->event.n ? (struct usps__span){ json_line + (f->event.p - line),
+						f->event.n }
+			 : (struct usps__span){ 0 };
+	ev->topic = put_str(f->topic, &pos, &ev->topic_len);
+	if (!ev->topic)
+		return -EINVAL;
+	if (f->group_kind == USPS__OPT_STRING)
+		ev->group = put_str(f->group, &pos, NULL);
+	memset(&ef, 0, sizeof(ef));
+	if (f->ev_known) {
+		ef = f->ev;
+		ev->event_json = evs.p;
+		ev->event_json_len = evs.n;
+	} else if (f->event.n && usps__wire_event_fields(f->event, &ef) == 0) {
+		ev->event_json = evs.p;
+		ev->event_json_len = evs.n;
+	} else {
+		ev->event_json = "{}";
+		ev->event_json_len = 2;
+	}
+	ev->type = put_str(ef.type, &pos, &ev->type_len);
+	if (!ev->type)
+		ev->type = "";
+	ev->id = put_str(ef.id, &pos, NULL);
+	if (!ev->id)
+		ev->id = "";
+	ev->run_id = put_str(ef.run_id, &pos, NULL);
+	s = ef.data;
+	if (s.n) {
+		memcpy(pos, s.p, s.n);
+		pos[s.n] = '\0';
+		ev->data = pos;
+		ev->data_len = s.n;
+	}
+	ev->created_at_ms = created_ms(ef.created_at);
+	*ret_attempt = parse_attempt(ef.delivery_attempt);
+	return 0;
+}
+
 static struct dl_event *ev_new(usps *ps, const char *line, size_t len,
 			       const struct usps__frame *f)
 {
-	struct usps__event_fields ef;
 	struct dl_event *e;
-	struct usps__span ev, s;
-	char *pos;
-	size_t room;
 
 	/* The line, then decoded strings and a copy of data: all fit in 2x. */
 	if (len > (SIZE_MAX - sizeof(*e) - 16) / 2)
 		return NULL;
-	room = 2 * len + 16;
-	e = ev_alloc(ps, sizeof(*e) + room);
+	e = ev_alloc(ps, sizeof(*e) + 2 * len + 16);
 	if (!e)
 		return NULL;
 	e->bytes = len;
 	memcpy(e->buf, line, len);
 	e->buf[len] = '\0';
-	pos = e->buf + len + 1;
-	/* Strings are decoded from @line, not from the copy just written:
-	 * reading that back at once would stall on the stores in flight. */
-	ev = f->event.n ? (struct usps__span){ e->buf + (f->event.p - line),
-					       f->event.n }
-			: (struct usps__span){ 0 };
-	e->ev.topic = put_str(f->topic, &pos, &e->ev.topic_len);
-	if (!e->ev.topic)
-		goto fail;
-	if (f->group_kind == USPS__OPT_STRING)
-		e->ev.group = put_str(f->group, &pos, NULL);
-	memset(&ef, 0, sizeof(ef));
-	if (f->ev_known) {
-		ef = f->ev;
-		e->ev.event_json = ev.p;
-		e->ev.event_json_len = ev.n;
-	} else if (f->event.n && usps__wire_event_fields(f->event, &ef) == 0) {
-		e->ev.event_json = ev.p;
-		e->ev.event_json_len = ev.n;
-	} else {
-		e->ev.event_json = "{}";
-		e->ev.event_json_len = 2;
+	if (ev_fill(&e->ev, &e->wire_attempt, line, e->buf, f,
+		    e->buf + len + 1) < 0) {
+		ev_free(ps, e);
+		return NULL;
 	}
-	e->ev.type = put_str(ef.type, &pos, &e->ev.type_len);
-	if (!e->ev.type)
-		e->ev.type = "";
-	e->ev.id = put_str(ef.id, &pos, NULL);
-	if (!e->ev.id)
-		e->ev.id = "";
-	e->ev.run_id = put_str(ef.run_id, &pos, NULL);
-	s = ef.data;
-	if (s.n) {
-		memcpy(pos, s.p, s.n);
-		pos[s.n] = '\0';
-		e->ev.data = pos;
-		e->ev.data_len = s.n;
-		pos += s.n + 1;
-	}
-	e->ev.created_at_ms = created_ms(ef.created_at);
-	e->wire_attempt = parse_attempt(ef.delivery_attempt);
 	return e;
-fail:
-	ev_free(ps, e);
-	return NULL;
 }
 
-int usps__dl_push(usps *ps, const char *line, size_t len,
-		  const struct usps__frame *f, struct usps_sub **subs, size_t n)
+/* Stage a delivery of the event to each of @subs (usps__dl_push()). */
+static int dl_stage(usps *ps, const char *line, size_t len,
+		    const struct usps__frame *f, struct usps_sub **subs,
+		    size_t n)
 {
 	struct usps_delivery *first = NULL, *last = NULL;
 	struct dl_event *e;
@@ -255,6 +269,203 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	ps->stage_n += n;
 	ps->stage_bytes += e->bytes * n;
 	return 0;
+}
+
+static void timer_insert(usps *ps, struct usps_delivery *d);
+
+/* Lines up to this long may be delivered inline; longer ones are queued. */
+#define IB_MAX_LINE ((size_t)64 * 1024)
+/* A held buffer up to this large is kept for the next hold. */
+#define IB_KEEP_CAP ((size_t)256 * 1024)
+
+static bool dq_empty(usps *ps)
+{
+	bool empty;
+
+	pthread_mutex_lock(&ps->dq_lock);
+	empty = !ps->dq_head;
+	pthread_mutex_unlock(&ps->dq_lock);
+	return empty;
+}
+
+/* Note a delivery of the event to each of @subs, to run inline. */
+static int ib_note(usps *ps, const char *line, size_t len,
+		   const struct usps__frame *f, struct usps_sub **subs,
+		   size_t n)
+{
+	if (n > ps->ib_cap - ps->ib_n) {
+		size_t ncap = ps->ib_cap ? ps->ib_cap * 2 : 64;
+		struct usps__ib_ent *a;
+
+		if (ncap < ps->ib_n + n)
+			ncap = ps->ib_n + n;
+		a = realloc(ps->ib, ncap * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		ps->ib = a;
+		ps->ib_cap = ncap;
+	}
+	if (ps->ib_scratch_cap < len + 16) {
+		size_t ncap = len + 16 < 4096 ? 4096 : len + 16;
+		char *b = malloc(ncap);
+
+		if (!b)
+			return -ENOMEM;
+		free(ps->ib_scratch);
+		ps->ib_scratch = b;
+		ps->ib_scratch_cap = ncap;
+	}
+	for (size_t i = 0; i < n; i++)
+		ps->ib[ps->ib_n++] = (struct usps__ib_ent){ .f = *f,
+							    .line = line,
+							    .len = len,
+							    .sub = subs[i] };
+	return 0;
+}
+
+int usps__dl_push(usps *ps, const char *line, size_t len,
+		  const struct usps__frame *f, struct usps_sub **subs, size_t n)
+{
+	/* Inline only with nothing ahead of it: order is kept. */
+	if (n && ps->ib_ok && !ps->stage_head && len <= IB_MAX_LINE &&
+	    (ps->ib_n || dq_empty(ps)) &&
+	    ib_note(ps, line, len, f, subs, n) == 0)
+		return 0;
+	return dl_stage(ps, line, len, f, subs, n);
+}
+
+void usps__dl_hold(usps *ps, struct usps__reader *r)
+{
+	char *buf = ps->ib_spare;
+	size_t cap = ps->ib_spare_cap;
+
+	if (!ps->ib_n)
+		return;
+	if (!ps->ib_buf && usps__reader_swap(r, &buf, &cap) == 0) {
+		ps->ib_spare = NULL;
+		ps->ib_spare_cap = 0;
+		ps->ib_buf = buf;
+		ps->ib_buf_cap = cap;
+		pthread_mutex_lock(&ps->dq_lock);
+		ps->dq_enq += ps->ib_n;
+		pthread_mutex_unlock(&ps->dq_lock);
+		return;
+	}
+	/* Queued instead, copied while the reader still holds them. */
+	for (size_t i = 0; i < ps->ib_n; i++) {
+		struct usps__ib_ent *e = &ps->ib[i];
+
+		if (dl_stage(ps, e->line, e->len, &e->f, &e->sub, 1) < 0)
+			usps__sub_dl_unref(e->sub); /* as deliver_line() */
+	}
+	ps->ib_n = 0;
+}
+
+/* Queue @e's redelivery after a nack, as the delivery thread would
+ * (ps->lock held). false if it is not to be, or cannot be. */
+static bool ib_redeliver(usps *ps, const struct usps__ib_ent *ie)
+{
+	struct usps_delivery *d;
+	struct dl_event *e;
+	bool go;
+
+	pthread_mutex_lock(&ps->dq_lock);
+	go = ie->sub->active && !ps->dl_stop;
+	pthread_mutex_unlock(&ps->dq_lock);
+	if (!go || !(e = ev_new(ps, ie->line, ie->len, &ie->f)))
+		return false;
+	e->refs = 1;
+	d = &e->first;
+	d->ev = e;
+	d->sub = ie->sub; /* its delivery reference, taken over */
+	d->due_ms = usps__now_ms() + 100 * (int64_t)ie->attempt;
+	d->attempt = ie->attempt + 1;
+	pthread_mutex_lock(&ps->dq_lock);
+	timer_insert(ps, d);
+	pthread_mutex_unlock(&ps->dq_lock);
+	return true;
+}
+
+/* Fill @ev for @ie into the scratch buffer; false if it goes nowhere. */
+static bool ib_fill(usps *ps, const struct usps__ib_ent *ie, usps_event *ev,
+		    uint32_t *attempt)
+{
+	*attempt = 1;
+	return ev_fill(ev, attempt, ie->line, ie->line, &ie->f,
+		       ps->ib_scratch) == 0;
+}
+
+void usps__dl_run_inline(usps *ps)
+{
+	usps_event ev;
+	uint32_t attempt;
+	bool ok;
+
+	if (!ps->ib_n)
+		return;
+	/*
+	 * dq_lock is taken once for a run of deliveries to one subscription:
+	 * while ps->running names it, usps_unsubscribe() waits, so that
+	 * seeing it still active (unlocked) is enough to call it again.
+	 * Each next event is made ready while the lock is not held.
+	 */
+	ok = ib_fill(ps, &ps->ib[0], &ev, &attempt);
+	pthread_mutex_lock(&ps->dq_lock);
+	for (size_t i = 0; i < ps->ib_n;) {
+		struct usps_sub *s = ps->ib[i].sub;
+		bool run = ok && s->active && !ps->dl_stop;
+		uint64_t done = 0;
+
+		if (run)
+			ps->running = s;
+		pthread_mutex_unlock(&ps->dq_lock);
+		for (;;) {
+			struct usps__ib_ent *ie = &ps->ib[i];
+			struct usps_delivery d = { .sub = s,
+						   .attempt = attempt };
+
+			if (run) {
+				usps__engine_dl_guard(ps);
+				ev.delivery_attempt = attempt;
+				s->fn(&ev, &d, s->userdata);
+			}
+			ie->nacked = d.nacked;
+			ie->attempt = d.attempt;
+			done++;
+			if (++i == ps->ib_n)
+				break;
+			ok = ib_fill(ps, &ps->ib[i], &ev, &attempt);
+			if (!run || !ok || ps->ib[i].sub != s ||
+			    !atomic_load_explicit(&s->active,
+						  memory_order_relaxed) ||
+			    atomic_load_explicit(&ps->stopping,
+						 memory_order_relaxed))
+				break;
+		}
+		pthread_mutex_lock(&ps->dq_lock);
+		ps->running = NULL;
+		ps->dq_done += done;
+		/* Unsubscribe and flush waiters. */
+		pthread_cond_broadcast(&ps->dq_cond);
+	}
+	pthread_mutex_unlock(&ps->dq_lock);
+	pthread_mutex_lock(&ps->lock);
+	for (size_t i = 0; i < ps->ib_n; i++) {
+		struct usps__ib_ent *ie = &ps->ib[i];
+
+		if (!ie->nacked || !ib_redeliver(ps, ie))
+			usps__sub_dl_unref(ie->sub);
+	}
+	ps->ib_n = 0;
+	if (!ps->ib_spare && ps->ib_buf_cap <= IB_KEEP_CAP) {
+		ps->ib_spare = ps->ib_buf;
+		ps->ib_spare_cap = ps->ib_buf_cap;
+	} else {
+		free(ps->ib_buf);
+	}
+	ps->ib_buf = NULL;
+	ps->ib_buf_cap = 0;
+	pthread_mutex_unlock(&ps->lock);
 }
 
 static void free_list(usps *ps, struct usps_delivery *d);
@@ -486,6 +697,14 @@ void usps__dl_stop(usps *ps)
 	free_list(ps, ps->timers);
 	free_list(ps, ps->dl_done);
 	ps->dq_head = ps->dq_tail = ps->timers = ps->dl_done = NULL;
+	free(ps->ib);
+	free(ps->ib_buf);
+	free(ps->ib_spare);
+	free(ps->ib_scratch);
+	ps->ib = NULL;
+	ps->ib_buf = ps->ib_spare = ps->ib_scratch = NULL;
+	ps->ib_n = ps->ib_cap = ps->ib_buf_cap = ps->ib_spare_cap = 0;
+	ps->ib_scratch_cap = 0;
 	pthread_mutex_unlock(&ps->lock);
 	for (unsigned i = 0; i < DL_CLASSES; i++) {
 		while (ps->ev_cache[i]) {

@@ -400,11 +400,16 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 	/* Polling may have been taken back meanwhile: these events are
 	 * then the I/O thread's to see again (they are level-triggered). */
 	if (atomic_load(&ps->poller) == USPS__POLL_DL && !ps->stopping) {
+		ps->dl_turn = true;
 		turn(ps, evs, n < 0 ? 0 : n);
+		ps->dl_turn = false;
 		if (!dl_may_poll(ps))
 			give_back(ps);
 	}
 	pthread_mutex_unlock(&ps->lock);
+	/* What the turn read for us to deliver inline (client.c). The
+	 * I/O thread never touches ib: it reads only while not dl_turn. */
+	usps__dl_run_inline(ps);
 	return true;
 }
 

@@ -87,6 +87,31 @@ void usps__reader_free(struct usps__reader *r)
 	*r = (struct usps__reader){ .max_frame = r->max_frame };
 }
 
+int usps__reader_swap(struct usps__reader *r, char **buf, size_t *cap)
+{
+	size_t pending = r->len - r->start;
+	size_t ncap = *cap;
+	char *nb = *buf;
+
+	if (!nb || ncap < pending || ncap < READ_BLOCK) {
+		ncap = pending > READ_BLOCK ? pending : READ_BLOCK;
+		nb = malloc(ncap);
+		if (!nb)
+			return -ENOMEM;
+		free(*buf);
+	}
+	if (pending)
+		memcpy(nb, r->buf + r->start, pending);
+	*buf = r->buf;
+	*cap = r->cap;
+	r->buf = nb;
+	r->cap = ncap;
+	r->scan -= r->start;
+	r->len = pending;
+	r->start = 0;
+	return 0;
+}
+
 size_t usps__reader_pending(const struct usps__reader *r)
 {
 	return r->len - r->start;

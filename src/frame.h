@@ -32,6 +32,14 @@ struct usps__reader {
 void usps__reader_init(struct usps__reader *r, size_t max_frame);
 /* Free the reader's storage; it may be initialised again. */
 void usps__reader_free(struct usps__reader *r);
+/*
+ * usps__reader_swap() - hand over the reader's buffer, the lines and
+ * records already taken from it still in place, and go on in *@buf (of
+ * *@cap bytes; NULL: none) with a copy of the bytes not taken yet, or in
+ * a new buffer if that one is too small. On return *@buf and *@cap are the
+ * old buffer, the caller's to free. 0, or -ENOMEM with nothing changed.
+ */
+int usps__reader_swap(struct usps__reader *r, char **buf, size_t *cap);
 
 /*
  * usps__reader_fill() - one read(2) from @fd into the reader (EINTR retried):

@@ -87,7 +87,10 @@ struct usps_sub {
 	/* Under ps->lock: deliveries of it, which hold one of refs between
 	 * them, so that each costs no atomic operation. */
 	unsigned dl_refs;
-	bool active; /* under dq_lock: may still be called */
+	/* May still be called. Set under dq_lock; read under it, or
+	 * without it by the delivery thread while ps->running is this sub
+	 * (usps_unsubscribe() waits for that to change). */
+	atomic_bool active;
 };
 
 /* One (topic, group) this process subscribes to, with its subscriptions. */
@@ -170,6 +173,33 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
  */
 void usps__dl_commit(usps *ps);
 bool usps__dl_on_thread(usps *ps);
+
+/*
+ * Inline delivery. While the delivery thread polls and nothing is queued,
+ * the events it reads are not copied and queued: usps__dl_push() notes
+ * them (ps->ib, when ps->ib_ok), usps__dl_hold() then takes the reader's
+ * buffer that holds them (the reader goes on in another), and, after the
+ * turn and outside ps->lock, usps__dl_run_inline() runs their handlers as
+ * the queue would have, in order, and gives the buffer back for reuse.
+ * An event costs then no allocation, copy or queueing (bench/: fan-out
+ * about 40% more deliveries/s). Delivery thread only.
+ */
+struct usps__ib_ent {
+	struct usps__frame f; /* spans in the held buffer */
+	const char *line;
+	size_t len;
+	struct usps_sub *sub; /* with a delivery reference */
+	uint32_t attempt;     /* after the run: nacked at this attempt */
+	bool nacked;
+};
+/*
+ * After usps__dl_push() noted events from @r's buffer (ps->ib_n): hold the
+ * buffer for usps__dl_run_inline(), or, if that cannot be, queue them as
+ * usual. Under ps->lock, before @r is used again.
+ */
+void usps__dl_hold(usps *ps, struct usps__reader *r);
+/* Run the held events' handlers (no lock held); see above. */
+void usps__dl_run_inline(usps *ps);
 
 /* ---- broker routing index (broker.c) ---- */
 
@@ -440,6 +470,16 @@ struct usps {
 
 	/* registry */
 	struct hmap keys;
+	/* The fan-out key the last event's topic found (NULL: none), by the
+	 * topic's JSON text; valid while keys_gen is as it was (registry.c).
+	 * Under ps->lock. */
+	uint64_t keys_gen; /* bumped as keys come and go */
+	struct {
+		struct key *k;
+		uint64_t gen;
+		size_t n;
+		char raw[64];
+	} kc;
 	uint64_t hash_seed;
 
 	/* outbox, under out_lock */
@@ -477,6 +517,16 @@ struct usps {
 	uint64_t dq_bytes;		 /* event bytes queued */
 	struct usps_sub *running;	 /* sub whose handler runs now */
 	struct usps__uuidgen uuid_local; /* localOnly stamping */
+
+	/* inline delivery (delivery.c), the delivery thread's alone */
+	bool dl_turn; /* it runs a loop turn (under ps->lock) */
+	bool ib_ok;   /* usps__dl_push() may note events (under ps->lock) */
+	struct usps__ib_ent *ib;
+	size_t ib_n, ib_cap;
+	char *ib_buf, *ib_spare; /* the held reader buffer; one for reuse */
+	size_t ib_buf_cap, ib_spare_cap;
+	char *ib_scratch; /* an event's decoded strings */
+	size_t ib_scratch_cap;
 };
 
 /* Bytes of queued deliveries past which a client stops reading. */

@@ -75,6 +75,7 @@ struct key *usps__key_get(usps *ps, const char *topic, size_t tlen,
 	k->node.hash = key_hash(ps, topic, tlen, group, glen);
 	if (usps__hmap_add(&ps->keys, &k->node) < 0)
 		goto fail;
+	ps->keys_gen++;
 	return k;
 fail:
 	free(k->topic);
@@ -88,6 +89,7 @@ void usps__key_release(usps *ps, struct key *k)
 	if (k->nsubs || k->waiters)
 		return;
 	usps__hmap_del(&ps->keys, &k->node);
+	ps->keys_gen++;
 	free(k->topic);
 	free(k->group);
 	free(k);
@@ -114,6 +116,7 @@ void usps__registry_free(usps *ps)
 		}
 	}
 	usps__hmap_free(&ps->keys);
+	ps->keys_gen++;
 }
 
 void usps__sub_unref(struct usps_sub *s)
@@ -170,6 +173,32 @@ static void dec_free(struct dec *d)
 	d->p = NULL;
 }
 
+/*
+ * The fan-out key of the topic whose JSON text is @raw, if the last one
+ * looked up was the same text and no key came or went since: events come
+ * in runs of one topic, and this spares the decode, hash and compare.
+ */
+static bool kc_hit(const usps *ps, struct usps__span raw, struct key **ret)
+{
+	if (ps->kc.gen != ps->keys_gen || raw.n != ps->kc.n ||
+	    memcmp(raw.p, ps->kc.raw, raw.n) != 0)
+		return false;
+	*ret = ps->kc.k;
+	return true;
+}
+
+static void kc_put(usps *ps, struct usps__span raw, struct key *k)
+{
+	if (raw.n > sizeof(ps->kc.raw)) {
+		ps->kc.gen = ps->keys_gen - 1; /* none */
+		return;
+	}
+	memcpy(ps->kc.raw, raw.p, raw.n);
+	ps->kc.n = raw.n;
+	ps->kc.k = k;
+	ps->kc.gen = ps->keys_gen;
+}
+
 int usps__deliver_line(usps *ps, const char *line, size_t len,
 		       const struct usps__frame *f)
 {
@@ -181,14 +210,10 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 
 	if (usps__json_kind(f->topic) != USPS__J_STRING)
 		return 0;
-	if (f->group_kind != USPS__OPT_ABSENT &&
-	    f->group_kind != USPS__OPT_STRING)
-		return 0; /* "group":null reaches nobody, as in Node */
-	r = dec_string(&topic, f->topic);
-	if (r < 0)
-		return r == -ENOMEM ? r : 0;
 	if (f->group_kind == USPS__OPT_STRING) {
-		r = dec_string(&group, f->group);
+		r = dec_string(&topic, f->topic);
+		if (r == 0)
+			r = dec_string(&group, f->group);
 		if (r < 0)
 			goto out;
 		k = usps__key_find(ps, topic.p, topic.n, group.p, group.n);
@@ -201,8 +226,14 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 		k->cursor = (k->cursor % k->nsubs) + 1;
 		usps__sub_dl_ref(s);
 		subs[n++] = s;
-	} else {
-		k = usps__key_find(ps, topic.p, topic.n, NULL, 0);
+	} else if (f->group_kind == USPS__OPT_ABSENT) {
+		if (!kc_hit(ps, f->topic, &k)) {
+			r = dec_string(&topic, f->topic);
+			if (r < 0)
+				goto out;
+			k = usps__key_find(ps, topic.p, topic.n, NULL, 0);
+			kc_put(ps, f->topic, k);
+		}
 		if (!k || !k->nsubs)
 			goto out;
 		if (k->nsubs > sizeof(stack) / sizeof(stack[0])) {
@@ -216,6 +247,8 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 			usps__sub_dl_ref(s);
 			subs[n++] = s;
 		}
+	} else {
+		return 0; /* "group":null reaches nobody, as in Node */
 	}
 	r = usps__dl_push(ps, line, len, f, subs, n);
 	if (r < 0)
@@ -226,5 +259,6 @@ out:
 		free(subs);
 	dec_free(&topic);
 	dec_free(&group);
-	return r;
+	/* A name that is not a valid string reaches nobody. */
+	return r == -ENOMEM ? r : 0;
 }

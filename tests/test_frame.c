@@ -637,6 +637,45 @@ TEST(reader_shrinks_after_big_line)
 	free(big);
 }
 
+/* A swap hands over the buffer with the lines taken from it in place; the
+ * reader goes on with the rest, in the spare or in a new buffer. */
+TEST(reader_swap)
+{
+	struct usps__reader r;
+	const char *a, *b, *c;
+	char *buf = NULL;
+	size_t na, nb, nc, cap = 0;
+
+	usps__reader_init(&r, MIB);
+	CHECK_EQ_INT(usps__reader_feed(&r, "one\ntwo\nthr", 11), 0);
+	MUST(usps__reader_next(&r, &a, &na) == 1);
+	MUST(usps__reader_next(&r, &b, &nb) == 1);
+	CHECK_EQ_INT(usps__reader_next(&r, &c, &nc), 0);
+	/* No spare: a new buffer. */
+	MUST(usps__reader_swap(&r, &buf, &cap) == 0);
+	CHECK(buf != NULL && cap >= 11);
+	CHECK(a >= buf && b + nb <= buf + cap);
+	CHECK_EQ_INT(usps__reader_pending(&r), 3);
+	/* The old buffer is untouched by what the reader does next. */
+	CHECK_EQ_INT(usps__reader_feed(&r, "ee\nfour\n", 8), 0);
+	MUST(usps__reader_next(&r, &c, &nc) == 1);
+	CHECK(nc == 5 && memcmp(c, "three", 5) == 0);
+	CHECK(na == 3 && memcmp(a, "one", 3) == 0);
+	CHECK(nb == 3 && memcmp(b, "two", 3) == 0);
+	/* The old buffer as the spare: the reader takes it. */
+	char *old = buf;
+
+	MUST(usps__reader_swap(&r, &buf, &cap) == 0);
+	CHECK(r.buf == old);
+	CHECK(c >= buf && c + nc <= buf + cap);
+	CHECK(nc == 5 && memcmp(c, "three", 5) == 0);
+	MUST(usps__reader_next(&r, &c, &nc) == 1);
+	CHECK(nc == 4 && memcmp(c, "four", 4) == 0);
+	CHECK_EQ_INT(usps__reader_next(&r, &c, &nc), 0);
+	free(buf);
+	usps__reader_free(&r);
+}
+
 /* ---- reader: sockets ---- */
 
 TEST(reader_fill_socket)
@@ -1389,6 +1428,7 @@ int main(void)
 	RUN(reader_limits_random);
 	RUN(reader_big_line_one_byte_at_a_time);
 	RUN(reader_shrinks_after_big_line);
+	RUN(reader_swap);
 	RUN(reader_fill_socket);
 	RUN(reader_small_lines_small_reads);
 	RUN(reader_fill_limit);

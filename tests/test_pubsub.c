@@ -1252,6 +1252,143 @@ TEST(unsubscribe_waits_for_handler)
 	col_free(&c);
 }
 
+/*
+ * Let @c's delivery thread take over reading: it asks once it has run a
+ * handler and found nothing more queued, and then runs handlers straight
+ * from what it reads (inline delivery). The tests below hold whether or
+ * not it got to; this makes it likely that they cover that path.
+ */
+static void warm_client(usps *b, usps *c)
+{
+	struct col w;
+	usps_sub *s;
+
+	col_init(&w);
+	CHECK_EQ_INT(usps_subscribe(c, "warm", NULL, col_handler, &w, &s), 0);
+	CHECK_EQ_INT(PUB(b, "warm", "w"), 0);
+	CHECK_EQ_INT(col_wait(&w, 1, 2000), 1);
+	CHECK_EQ_INT(usps_unsubscribe(c, s), 0);
+	col_free(&w);
+}
+
+/* Nacks work the same for a client's inline deliveries. */
+TEST(client_nack_redelivery)
+{
+	usps *b = NULL, *c = NULL;
+	struct col twice;
+	usps_sub *s;
+
+	col_init(&twice);
+	twice.nack_until = 3;
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "a", NULL, col_handler, &twice, &s), 0);
+	warm_client(b, c);
+	CHECK_EQ_INT(usps_publish(b, "a", "n", "\"payload\"", 9, 0), 0);
+	CHECK_EQ_INT(col_wait(&twice, 3, 3000), 3);
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ_INT(twice.attempt[i], i + 1);
+		CHECK_EQ_STR(twice.data[i], "\"payload\"");
+		CHECK_EQ_STR(twice.id[i], twice.id[0]);
+	}
+	CHECK(twice.at_ms[1] - twice.at_ms[0] >= 95);
+	CHECK_EQ_INT(usps_flush(c, 2000), 0);
+	CHECK_EQ_INT(col_count(&twice), 3);
+	usps_close(c);
+	usps_close(b);
+	col_free(&twice);
+}
+
+/* As unsubscribe_waits_for_handler, for a client's handler. */
+TEST(client_unsubscribe_waits_for_handler)
+{
+	pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
+	usps *b = NULL, *c = NULL;
+	struct col col;
+	usps_sub *s;
+
+	col_init(&col);
+	col.block = &gate;
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &col, &s), 0);
+	warm_client(b, c);
+	pthread_mutex_lock(&gate);
+	for (int i = 0; i < 50; i++)
+		CHECK_EQ_INT(PUB(b, "t", "x"), 0);
+	pthread_mutex_unlock(&gate);
+	CHECK_EQ_INT(usps_unsubscribe(c, s), 0);
+	int n = col_count(&col);
+
+	CHECK_EQ_INT(usps_flush(c, 2000), 0);
+	CHECK_EQ_INT(col_count(&col), n);
+	usps_close(c);
+	usps_close(b);
+	col_free(&col);
+}
+
+/* A client handler that sees one publisher's sequence numbers, and now
+ * and then runs long enough for the I/O thread to take reading back, so
+ * that events go both inline and through the queue. */
+struct seq_check {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int next, errors;
+};
+
+static void seq_handler(const usps_event *ev, usps_delivery *d, void *ud)
+{
+	struct seq_check *sc = ud;
+	int v = ev->data ? atoi(ev->data + 1) : -1;
+
+	(void)d;
+	if (v % 500 == 499) {
+		/* Longer than the guard (USPS__DL_GUARD_MS, 4 ms). */
+		struct timespec ts = { 0, 12 * 1000000L };
+
+		nanosleep(&ts, NULL);
+	}
+	pthread_mutex_lock(&sc->mu);
+	if (v != sc->next)
+		sc->errors++;
+	sc->next = v + 1;
+	pthread_cond_broadcast(&sc->cv);
+	pthread_mutex_unlock(&sc->mu);
+}
+
+TEST(client_order_inline_and_queued)
+{
+	enum {
+		N = 5000
+	};
+	struct seq_check sc = { .mu = PTHREAD_MUTEX_INITIALIZER,
+				.cv = PTHREAD_COND_INITIALIZER };
+	struct timespec until = deadline_ts(10000);
+	usps *b = NULL, *c = NULL;
+	usps_sub *s;
+	int r = 0;
+
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, seq_handler, &sc, &s), 0);
+	warm_client(b, c);
+	for (int i = 0; i < N; i++) {
+		char data[16];
+		int n = snprintf(data, sizeof(data), "\"%d\"", i);
+
+		CHECK_EQ_INT(usps_publish(b, "t", "seq", data, (size_t)n, 0),
+			     0);
+	}
+	pthread_mutex_lock(&sc.mu);
+	while (sc.next < N && r == 0)
+		r = pthread_cond_timedwait(&sc.cv, &sc.mu, &until);
+	pthread_mutex_unlock(&sc.mu);
+	CHECK_EQ_INT(sc.next, N);
+	CHECK_EQ_INT(sc.errors, 0);
+	usps_close(c);
+	usps_close(b);
+}
+
 /* Data is delivered verbatim but for whitespace between tokens, which is
  * dropped as JSON.stringify drops it (so pretty-printed JSON keeps to one
  * line). */
@@ -1457,6 +1594,9 @@ int main(void)
 	RUN(nack_redelivery);
 	RUN(no_redelivery_after_unsubscribe);
 	RUN(unsubscribe_waits_for_handler);
+	RUN(client_nack_redelivery);
+	RUN(client_unsubscribe_waits_for_handler);
+	RUN(client_order_inline_and_queued);
 	RUN(data_verbatim);
 	RUN(close_cleans_up);
 	RUN(directory_checks);
