@@ -499,6 +499,7 @@ void usps__client_io(usps *ps, uint32_t events)
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
 		for (int i = 0; i < 4 && ps->role == ROLE_CLIENT; i++) {
 			ssize_t got;
+			bool held;
 			int r;
 
 			if (backed_up(ps)) {
@@ -517,8 +518,7 @@ void usps__client_io(usps *ps, uint32_t events)
 			 * delivered inline from the reader's buffer. */
 			ps->ib_ok = ps->dl_turn;
 			r = take_frames(ps);
-			if (ps->ib_ok)
-				usps__dl_hold(ps, &ps->conn_rd);
+			held = ps->ib_ok && usps__dl_hold(ps, &ps->conn_rd);
 			ps->ib_ok = false;
 			usps__dl_commit(ps);
 			if (r < 0) {
@@ -527,7 +527,7 @@ void usps__client_io(usps *ps, uint32_t events)
 				return;
 			}
 			/* Run them before reading more. */
-			if (ps->dl_turn && ps->ib_n)
+			if (held)
 				break;
 		}
 	}

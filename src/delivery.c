@@ -334,13 +334,13 @@ int usps__dl_push(usps *ps, const char *line, size_t len,
 	return dl_stage(ps, line, len, f, subs, n);
 }
 
-void usps__dl_hold(usps *ps, struct usps__reader *r)
+bool usps__dl_hold(usps *ps, struct usps__reader *r)
 {
 	char *buf = ps->ib_spare;
 	size_t cap = ps->ib_spare_cap;
 
 	if (!ps->ib_n)
-		return;
+		return false;
 	if (!ps->ib_buf && usps__reader_swap(r, &buf, &cap) == 0) {
 		ps->ib_spare = NULL;
 		ps->ib_spare_cap = 0;
@@ -349,7 +349,7 @@ void usps__dl_hold(usps *ps, struct usps__reader *r)
 		pthread_mutex_lock(&ps->dq_lock);
 		ps->dq_enq += ps->ib_n;
 		pthread_mutex_unlock(&ps->dq_lock);
-		return;
+		return true;
 	}
 	/* Queued instead, copied while the reader still holds them. */
 	for (size_t i = 0; i < ps->ib_n; i++) {
@@ -359,6 +359,7 @@ void usps__dl_hold(usps *ps, struct usps__reader *r)
 			usps__sub_dl_unref(e->sub); /* as deliver_line() */
 	}
 	ps->ib_n = 0;
+	return false;
 }
 
 /* Queue @e's redelivery after a nack, as the delivery thread would
