@@ -87,14 +87,14 @@ static void ev_free(usps *ps, struct dl_event *e)
 	free(e);
 }
 
-/* Decode string span @s into @*pos (advancing it); NULL if not a string. */
+/* Decode string span @s into @*pos (advancing it); NULL if not a string
+ * (the decode checks the quotes: nothing else is a string). */
 static const char *put_str(struct usps__span s, char **pos, size_t *ret_len)
 {
 	char *out = *pos;
 	size_t n;
 
-	if (usps__json_kind(s) != USPS__J_STRING ||
-	    usps__json_string_decode(s, out, &n) < 0) {
+	if (usps__json_string_decode(s, out, &n) < 0) {
 		if (ret_len)
 			*ret_len = 0;
 		return NULL;
@@ -110,8 +110,8 @@ static uint32_t parse_attempt(struct usps__span s)
 {
 	uint64_t v = 0;
 
-	if (usps__json_kind(s) != USPS__J_NUMBER)
-		return 1;
+	/* Only digits count: anything else (absent, another kind, signs,
+	 * fractions, exponents) is attempt 1. */
 	for (size_t i = 0; i < s.n; i++) {
 		if (s.p[i] < '0' || s.p[i] > '9')
 			return 1; /* fractions, exponents, signs */

@@ -203,13 +203,16 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 		       const struct usps__frame *f)
 {
 	struct usps_sub *stack[16], **subs = stack;
-	struct dec topic = { 0 }, group = { 0 };
+	/* No initialiser: it would clear both small buffers per event. */
+	struct dec topic, group;
 	struct key *k;
 	size_t n = 0;
 	int r = 0;
 
-	if (usps__json_kind(f->topic) != USPS__J_STRING)
+	/* A name that is not a string (its decode would fail too). */
+	if (f->topic.n < 2 || f->topic.p[0] != '"')
 		return 0;
+	topic.own = group.own = NULL;
 	if (f->group_kind == USPS__OPT_STRING) {
 		r = dec_string(&topic, f->topic);
 		if (r == 0)
