@@ -527,8 +527,10 @@ void usps__client_io(usps *ps, uint32_t events)
 				return;
 			}
 			/* Run them before reading more. */
-			if (held)
+			if (held) {
+				ps->dl_again = ps->conn_rd.full;
 				break;
+			}
 		}
 	}
 	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)

@@ -257,6 +257,7 @@ ssize_t usps__reader_fill(struct usps__reader *r, int fd)
 		return would_block(errno) ? -EAGAIN : -errno;
 	r->len += (size_t)n;
 	r->got = (size_t)n;
+	r->full = (size_t)n == room;
 	r->taken = 0;
 	return n;
 }

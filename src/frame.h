@@ -26,6 +26,7 @@ struct usps__reader {
 	size_t max_frame;
 	size_t got;   /* bytes of the last fill */
 	size_t taken; /* lines and records taken since the last fill */
+	bool full;    /* the last fill got all it asked for: more may wait */
 };
 
 /* Set up an empty reader for lines of at most @max_frame bytes. */

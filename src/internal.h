@@ -520,8 +520,10 @@ struct usps {
 	struct usps__uuidgen uuid_local; /* localOnly stamping */
 
 	/* inline delivery (delivery.c), the delivery thread's alone */
-	bool dl_turn; /* it runs a loop turn (under ps->lock) */
-	bool ib_ok;   /* usps__dl_push() may note events (under ps->lock) */
+	bool dl_turn;	   /* it runs a loop turn (under ps->lock) */
+	bool dl_again;	   /* its last turn read a full buffer (ps->lock) */
+	unsigned dl_skips; /* its turns since its last epoll_wait() */
+	bool ib_ok; /* usps__dl_push() may note events (under ps->lock) */
 	struct usps__ib_ent *ib;
 	size_t ib_n, ib_cap;
 	char *ib_buf, *ib_spare; /* the held reader buffer; one for reuse */

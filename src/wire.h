@@ -224,8 +224,8 @@ int usps__iso8601_parse(const char *p, size_t n, int64_t *ret_ms);
  * one per thread, or used under a lock.
  */
 struct usps__uuidgen {
-	uint8_t pool[4096];
-	size_t pos; /* bytes used; sizeof(pool) means empty */
+	uint8_t pool[16384]; /* one RAND_bytes() call per 1024 UUIDs */
+	size_t pos;	     /* bytes used; sizeof(pool) means empty */
 };
 /*
  * usps__uuidgen_init() - an empty pool, and libcrypto initialised without
