@@ -41,8 +41,9 @@ function fatal(kind, e) {
 process.on('uncaughtException', (e) => fatal('uncaughtException', e));
 // Mastra 1.71.0 leaves the write promise of a frame unhandled when its
 // broker connection dies under it (EPIPE/ECONNRESET); an application with a
-// rejection handler survives that and recovers, so the peer does too, and
-// says so. Any other unhandled rejection stays fatal.
+// rejection handler survives that, so the peer does too, and says so (it
+// may still be stuck: see the guard below). Any other unhandled rejection
+// stays fatal.
 process.on('unhandledRejection', (e) => {
   if (e && (e.code === 'EPIPE' || e.code === 'ECONNRESET')) {
     process.stderr.write(`peer.mjs: ignored unhandledRejection: ${e.code}\n`);
@@ -176,7 +177,49 @@ function renderEvent(topic, ev) {
 }
 
 // ---- the pubsub
-const pubsub = new UnixSocketPubSub(socketPath, options);
+let pubsub = new UnixSocketPubSub(socketPath, options);
+
+// Every subscription made, to make again on a new instance:
+// `${id}\0${topic}` -> { topic, group, cb }.
+const subscriptions = new Map();
+
+// ---- the guard (command `guard MS`; 0, the default, is off)
+// Mastra 1.71.0 can deadlock itself for good: when the write of a subscribe
+// frame fails while it resubscribes on a new connection (the broker it just
+// reached closes, e.g. a Node broker in the middle of its graceful close),
+// #sendToBroker retries through #ensureStarted(), which returns the pending
+// start: the one waiting for that very write. Every later call then waits
+// forever. An application can only replace the instance; with the guard on,
+// a publish still pending after MS does that, and runs again on the new one.
+let guardMs = 0;
+const HUNG = Symbol('hung');
+
+async function replaceInstance() {
+  process.stderr.write(`peer.mjs: a publish hung for ${guardMs} ms: new instance\n`);
+  const old = pubsub;
+  pubsub = new UnixSocketPubSub(socketPath, options);
+  old.close().catch(() => {});
+  for (const s of subscriptions.values()) {
+    await pubsub.subscribe(s.topic, s.cb, s.group ? { group: s.group } : undefined);
+  }
+}
+
+async function guarded(op) {
+  if (!guardMs) return op();
+  const pending = op();
+  pending.catch(() => {}); // settled here, or abandoned with its instance
+  let timer;
+  const hung = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(HUNG), guardMs);
+  });
+  try {
+    if ((await Promise.race([pending, hung])) !== HUNG) return undefined;
+  } finally {
+    clearTimeout(timer);
+  }
+  await replaceInstance();
+  return op();
+}
 
 // id -> Map(topic -> callback). One callback function per (ID, TOPIC), so the
 // topic is known when it fires; `sub ID TOPIC` twice reuses the same function
@@ -283,7 +326,9 @@ async function publishCmd(rest, localOnly, codec) {
     data = tail.trim() === '' ? undefined : JSON.parse(tail);
   }
   try {
-    await pubsub.publish(topic, { type, runId, data }, localOnly ? { localOnly: true } : undefined);
+    await guarded(() =>
+      pubsub.publish(topic, { type, runId, data }, localOnly ? { localOnly: true } : undefined),
+    );
     out('published');
   } catch (e) {
     out(`error pub ${errMsg(e)}`);
@@ -304,6 +349,7 @@ async function handle(line) {
       const t0 = performance.now();
       try {
         await pubsub.subscribe(topic, cb, group ? { group } : undefined);
+        subscriptions.set(`${id}\0${topic}`, { topic, group, cb });
         out(`subscribed ${id} ${Math.round(performance.now() - t0)}`);
       } catch (e) {
         out(`error ${id} ${errMsg(e)}`);
@@ -319,6 +365,7 @@ async function handle(line) {
           for (const [topic, cb] of byTopic) {
             await pubsub.unsubscribe(topic, cb);
             byTopic.delete(topic);
+            subscriptions.delete(`${id}\0${topic}`);
           }
           callbacks.delete(id);
         }
@@ -338,7 +385,9 @@ async function handle(line) {
       return publishCmd(rest, true, true);
     case 'start': {
       try {
-        await pubsub.subscribe('__usps_start__', () => {});
+        const cb = () => {};
+        await pubsub.subscribe('__usps_start__', cb);
+        subscriptions.set('\0__usps_start__', { topic: '__usps_start__', cb });
         out(`started isBroker=${pubsub.isBroker}`);
       } catch (e) {
         out(`error start ${errMsg(e)}`);
@@ -355,6 +404,13 @@ async function handle(line) {
     case 'close':
       await closeAndExit();
       return;
+    case 'guard': {
+      const ms = Number(splitArgs(rest, 1).words[0]);
+      if (!Number.isInteger(ms) || ms < 0) throw new Error('usage: guard MS');
+      guardMs = ms;
+      out(`guard ${ms}`);
+      return;
+    }
     case 'sleep': {
       // sleep MS: handy in hand-written scripts.
       const ms = Number(splitArgs(rest, 1).words[0]);
