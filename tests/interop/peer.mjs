@@ -189,23 +189,37 @@ const subscriptions = new Map();
 // reached closes, e.g. a Node broker in the middle of its graceful close),
 // #sendToBroker retries through #ensureStarted(), which returns the pending
 // start: the one waiting for that very write. Every later call then waits
-// forever. An application can only replace the instance; with the guard on,
-// a publish still pending after MS does that, and runs again on the new one.
+// forever. An application can only replace the instance. With the guard
+// on, an instance is replaced when a publish, or a probe publish (sent
+// every MS/3 on a topic nobody subscribes to, to find a stuck survivor
+// that has no command running), is still pending after MS; a hung command
+// publish then runs again on the new instance.
 let guardMs = 0;
+let replacing;
 const HUNG = Symbol('hung');
+const PROBE_TOPIC = '__usps_guard__';
 
-async function replaceInstance() {
-  process.stderr.write(`peer.mjs: a publish hung for ${guardMs} ms: new instance\n`);
-  const old = pubsub;
-  pubsub = new UnixSocketPubSub(socketPath, options);
-  old.close().catch(() => {});
-  for (const s of subscriptions.values()) {
-    await pubsub.subscribe(s.topic, s.cb, s.group ? { group: s.group } : undefined);
-  }
+function replaceInstance(stuck) {
+  if (pubsub !== stuck) return replacing;
+  replacing = (async () => {
+    process.stderr.write(`peer.mjs: a publish hung for ${guardMs} ms: new instance\n`);
+    pubsub = new UnixSocketPubSub(socketPath, options);
+    stuck.close().catch(() => {});
+    for (const s of subscriptions.values()) {
+      try {
+        await pubsub.subscribe(s.topic, s.cb, s.group ? { group: s.group } : undefined);
+      } catch (e) {
+        process.stderr.write(`peer.mjs: subscribe ${s.topic} again: ${errMsg(e)}\n`);
+      }
+    }
+  })();
+  return replacing;
 }
 
-async function guarded(op) {
-  if (!guardMs) return op();
+// Run op() on the current instance; HUNG if it is still pending after
+// guardMs (the instance is replaced then).
+async function watched(op) {
+  const inst = pubsub;
   const pending = op();
   pending.catch(() => {}); // settled here, or abandoned with its instance
   let timer;
@@ -213,12 +227,31 @@ async function guarded(op) {
     timer = setTimeout(() => resolve(HUNG), guardMs);
   });
   try {
-    if ((await Promise.race([pending, hung])) !== HUNG) return undefined;
+    if ((await Promise.race([pending, hung])) !== HUNG) return pending;
   } finally {
     clearTimeout(timer);
   }
-  await replaceInstance();
-  return op();
+  await replaceInstance(inst);
+  return HUNG;
+}
+
+async function guarded(op) {
+  if (!guardMs) return op();
+  if ((await watched(op)) === HUNG) return op();
+  return undefined;
+}
+
+async function probeLoop() {
+  while (guardMs && !closing) {
+    await new Promise((resolve) => setTimeout(resolve, guardMs / 3));
+    if (!guardMs || closing) return;
+    await replacing;
+    try {
+      await watched(() => pubsub.publish(PROBE_TOPIC, { type: 'probe', data: null }));
+    } catch {
+      /* a failed publish is not a hung one */
+    }
+  }
 }
 
 // id -> Map(topic -> callback). One callback function per (ID, TOPIC), so the
@@ -407,7 +440,9 @@ async function handle(line) {
     case 'guard': {
       const ms = Number(splitArgs(rest, 1).words[0]);
       if (!Number.isInteger(ms) || ms < 0) throw new Error('usage: guard MS');
+      const was = guardMs;
       guardMs = ms;
+      if (ms && !was) probeLoop().catch((e) => fatal('guard', e));
       out(`guard ${ms}`);
       return;
     }
