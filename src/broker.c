@@ -38,6 +38,34 @@ static struct btopic *topic_find(usps *ps, const char *name, size_t len)
 	return NULL;
 }
 
+/*
+ * The topic of the publish whose "topic" JSON text is @raw, if the last
+ * one looked up had the same text and no topic came or went since:
+ * publishes come in runs of one topic, and this spares the decode, hash
+ * and compare. false: look it up, then topic_remember().
+ */
+static bool topic_recall(const usps *ps, struct usps__span raw,
+			 struct btopic **ret)
+{
+	if (ps->tc.gen != ps->topics_gen || raw.n != ps->tc.n ||
+	    !usps__same_bytes(raw.p, ps->tc.raw, raw.n))
+		return false;
+	*ret = ps->tc.t;
+	return true;
+}
+
+static void topic_remember(usps *ps, struct usps__span raw, struct btopic *t)
+{
+	if (raw.n > sizeof(ps->tc.raw)) {
+		ps->tc.gen = ps->topics_gen - 1; /* none */
+		return;
+	}
+	memcpy(ps->tc.raw, raw.p, raw.n);
+	ps->tc.n = raw.n;
+	ps->tc.t = t;
+	ps->tc.gen = ps->topics_gen;
+}
+
 static struct btopic *topic_get(usps *ps, const char *name, size_t len)
 {
 	struct btopic *t = topic_find(ps, name, len);
@@ -61,6 +89,7 @@ static struct btopic *topic_get(usps *ps, const char *name, size_t len)
 		free(t);
 		return NULL;
 	}
+	ps->topics_gen++;
 	return t;
 }
 
@@ -76,6 +105,7 @@ static void topic_maybe_free(usps *ps, struct btopic *t)
 	if (t->nfan || t->ngroups)
 		return;
 	usps__hmap_del(&ps->topics, &t->node);
+	ps->topics_gen++;
 	free(t->fan);
 	free(t->groups);
 	free(t->name);
@@ -589,20 +619,24 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	size_t tlen, head;
 	int r;
 
-	r = usps__json_string_view(f->topic, &name, &tlen);
-	if (r < 0)
-		return;
-	if (r == 0) {
-		if (f->topic.n > sizeof(small)) {
-			topic = malloc(f->topic.n);
-			if (!topic)
-				return;
+	if (!topic_recall(ps, f->topic, &t)) {
+		r = usps__json_string_view(f->topic, &name, &tlen);
+		if (r < 0)
+			return;
+		if (r == 0) {
+			if (f->topic.n > sizeof(small)) {
+				topic = malloc(f->topic.n);
+				if (!topic)
+					return;
+			}
+			if (usps__json_string_decode(f->topic, topic, &tlen) <
+			    0)
+				goto out;
+			name = topic;
 		}
-		if (usps__json_string_decode(f->topic, topic, &tlen) < 0)
-			goto out;
-		name = topic;
+		t = topic_find(ps, name, tlen);
+		topic_remember(ps, f->topic, t);
 	}
-	t = topic_find(ps, name, tlen);
 	if (!t)
 		goto out;
 	if (usps__uuid4(&ps->uuid, uuid) < 0)

@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "usps.h"
@@ -322,6 +323,28 @@ void usps__election_resign(usps *ps, bool unlink_path);
 void usps__fault_refuse_connects(unsigned n);
 void usps__election_cleanup(usps *ps);
 
+/* memcmp() == 0, inline for the short names most topics have: a call
+ * would cost more than the compare. */
+static inline bool usps__same_bytes(const char *a, const char *b, size_t n)
+{
+	uint64_t x, y, u, v;
+
+	if (n > 16)
+		return memcmp(a, b, n) == 0;
+	if (n < 8) {
+		unsigned d = 0;
+
+		for (size_t i = 0; i < n; i++)
+			d |= (unsigned char)a[i] ^ (unsigned char)b[i];
+		return d == 0;
+	}
+	memcpy(&x, a, 8);
+	memcpy(&y, b, 8);
+	memcpy(&u, a + n - 8, 8);
+	memcpy(&v, b + n - 8, 8);
+	return ((x ^ y) | (u ^ v)) == 0;
+}
+
 /* ---- engine (engine.c) ---- */
 
 int usps__engine_start(usps *ps);
@@ -437,6 +460,15 @@ struct usps {
 	size_t npeers, cappeers;
 	uint64_t next_peer_id;
 	struct hmap topics;
+	/* The topic the last publish's topic found, by its JSON text; valid
+	 * while topics_gen is as it was (broker.c). */
+	uint64_t topics_gen; /* bumped as topics come and go */
+	struct {
+		struct btopic *t;
+		uint64_t gen;
+		size_t n;
+		char raw[64];
+	} tc;
 	struct peer *dirty;
 	bool reap_pending;
 	unsigned ncongested; /* peers with congested set */

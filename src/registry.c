@@ -173,28 +173,6 @@ static void dec_free(struct dec *d)
 	d->p = NULL;
 }
 
-/* memcmp() == 0, inline for the short names most topics have: a call
- * would cost more than the compare. */
-static bool same_bytes(const char *a, const char *b, size_t n)
-{
-	uint64_t x, y, u, v;
-
-	if (n > 16)
-		return memcmp(a, b, n) == 0;
-	if (n < 8) {
-		unsigned d = 0;
-
-		for (size_t i = 0; i < n; i++)
-			d |= (unsigned char)a[i] ^ (unsigned char)b[i];
-		return d == 0;
-	}
-	memcpy(&x, a, 8);
-	memcpy(&y, b, 8);
-	memcpy(&u, a + n - 8, 8);
-	memcpy(&v, b + n - 8, 8);
-	return ((x ^ y) | (u ^ v)) == 0;
-}
-
 /*
  * The fan-out key of the topic whose JSON text is @raw, if the last one
  * looked up was the same text and no key came or went since: events come
@@ -203,7 +181,7 @@ static bool same_bytes(const char *a, const char *b, size_t n)
 static bool kc_hit(const usps *ps, struct usps__span raw, struct key **ret)
 {
 	if (ps->kc.gen != ps->keys_gen || raw.n != ps->kc.n ||
-	    !same_bytes(raw.p, ps->kc.raw, raw.n))
+	    !usps__same_bytes(raw.p, ps->kc.raw, raw.n))
 		return false;
 	*ret = ps->kc.k;
 	return true;

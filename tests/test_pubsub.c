@@ -83,6 +83,45 @@ TEST(fanout_and_echo)
 	col_free(&cc);
 }
 
+/*
+ * The broker remembers the topic the last publish found: a topic that goes
+ * away (its last member left) and comes back is looked up again, never
+ * reached through the one it remembered.
+ */
+TEST(broker_topic_comes_and_goes)
+{
+	usps *b = NULL, *c = NULL, *d = NULL;
+	struct col cc, cd;
+	usps_sub *sc, *sd;
+
+	col_init(&cc);
+	col_init(&cd);
+	REQUIRE(open_default(&b, sock()) == 0);
+	REQUIRE(open_default(&c, sock()) == 0);
+	REQUIRE(open_default(&d, sock()) == 0);
+	REQUIRE(usps_is_broker(b));
+	REQUIRE(usps_subscribe(c, "tc", NULL, col_handler, &cc, &sc) == 0);
+	CHECK_EQ_INT(PUB(b, "tc", "one"), 0);
+	CHECK_EQ_INT(PUB(b, "tc", "two"), 0);
+	CHECK_EQ_INT(col_wait(&cc, 2, 2000), 2);
+	/* The topic goes with its last member. */
+	REQUIRE(usps_unsubscribe(c, sc) == 0);
+	CHECK_EQ_INT(PUB(b, "tc", "nobody"), 0);
+	/* And comes back with a new one. */
+	REQUIRE(usps_subscribe(d, "tc", NULL, col_handler, &cd, &sd) == 0);
+	CHECK_EQ_INT(PUB(b, "tc", "three"), 0);
+	CHECK_EQ_INT(col_wait(&cd, 1, 2000), 1);
+	CHECK_EQ_STR(cd.type[0], "three");
+	REQUIRE(usps_flush(b, 2000) == 0);
+	CHECK_EQ_INT(col_count(&cc), 2);
+	CHECK_EQ_INT(col_count(&cd), 1);
+	usps_close(d);
+	usps_close(c);
+	usps_close(b);
+	col_free(&cc);
+	col_free(&cd);
+}
+
 /* 37: a client's publish reaches the broker and every other client. */
 TEST(three_handles)
 {
@@ -1567,6 +1606,7 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	RUN(solo_and_client);
 	RUN(fanout_and_echo);
+	RUN(broker_topic_comes_and_goes);
 	RUN(three_handles);
 	RUN(local_group_round_robin);
 	RUN(fanout_plus_groups);
