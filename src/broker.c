@@ -38,34 +38,6 @@ static struct btopic *topic_find(usps *ps, const char *name, size_t len)
 	return NULL;
 }
 
-/*
- * The topic of the publish whose "topic" JSON text is @raw, if the last
- * one looked up had the same text and no topic came or went since:
- * publishes come in runs of one topic, and this spares the decode, hash
- * and compare. false: look it up, then topic_remember().
- */
-static bool topic_recall(const usps *ps, struct usps__span raw,
-			 struct btopic **ret)
-{
-	if (ps->tc.gen != ps->topics_gen || raw.n != ps->tc.n ||
-	    !usps__same_bytes(raw.p, ps->tc.raw, raw.n))
-		return false;
-	*ret = ps->tc.t;
-	return true;
-}
-
-static void topic_remember(usps *ps, struct usps__span raw, struct btopic *t)
-{
-	if (raw.n > sizeof(ps->tc.raw)) {
-		ps->tc.gen = ps->topics_gen - 1; /* none */
-		return;
-	}
-	memcpy(ps->tc.raw, raw.p, raw.n);
-	ps->tc.n = raw.n;
-	ps->tc.t = t;
-	ps->tc.gen = ps->topics_gen;
-}
-
 static struct btopic *topic_get(usps *ps, const char *name, size_t len)
 {
 	struct btopic *t = topic_find(ps, name, len);
@@ -617,9 +589,12 @@ void usps__broker_publish(usps *ps, struct peer *from,
 	struct out o;
 	char uuid[37];
 	size_t tlen, head;
+	void *found;
 	int r;
 
-	if (!topic_recall(ps, f->topic, &t)) {
+	if (usps__last_hit(&ps->tc, ps->topics_gen, f->topic, &found)) {
+		t = found;
+	} else {
 		r = usps__json_string_view(f->topic, &name, &tlen);
 		if (r < 0)
 			return;
@@ -635,7 +610,7 @@ void usps__broker_publish(usps *ps, struct peer *from,
 			name = topic;
 		}
 		t = topic_find(ps, name, tlen);
-		topic_remember(ps, f->topic, t);
+		usps__last_put(&ps->tc, ps->topics_gen, f->topic, t);
 	}
 	if (!t)
 		goto out;

@@ -345,6 +345,42 @@ static inline bool usps__same_bytes(const char *a, const char *b, size_t n)
 	return ((x ^ y) | (u ^ v)) == 0;
 }
 
+/*
+ * What the last lookup by a name's JSON text found, while the table's
+ * generation (bumped as entries come and go) is what it was then. Events
+ * and publishes come in runs of one topic: a hit spares the decode, hash
+ * and compare.
+ */
+struct usps__last {
+	void *found; /* may be NULL: nothing was */
+	uint64_t gen;
+	size_t n;
+	char raw[64];
+};
+
+static inline bool usps__last_hit(const struct usps__last *c, uint64_t gen,
+				  struct usps__span raw, void **ret)
+{
+	if (c->gen != gen || raw.n != c->n ||
+	    !usps__same_bytes(raw.p, c->raw, raw.n))
+		return false;
+	*ret = c->found;
+	return true;
+}
+
+static inline void usps__last_put(struct usps__last *c, uint64_t gen,
+				  struct usps__span raw, void *found)
+{
+	if (raw.n > sizeof(c->raw)) {
+		c->gen = gen - 1; /* none */
+		return;
+	}
+	memcpy(c->raw, raw.p, raw.n);
+	c->n = raw.n;
+	c->found = found;
+	c->gen = gen;
+}
+
 /* ---- engine (engine.c) ---- */
 
 int usps__engine_start(usps *ps);
@@ -460,15 +496,8 @@ struct usps {
 	size_t npeers, cappeers;
 	uint64_t next_peer_id;
 	struct hmap topics;
-	/* The topic the last publish's topic found, by its JSON text; valid
-	 * while topics_gen is as it was (broker.c). */
-	uint64_t topics_gen; /* bumped as topics come and go */
-	struct {
-		struct btopic *t;
-		uint64_t gen;
-		size_t n;
-		char raw[64];
-	} tc;
+	uint64_t topics_gen;  /* bumped as topics come and go */
+	struct usps__last tc; /* the topic of the last publish */
 	struct peer *dirty;
 	bool reap_pending;
 	unsigned ncongested; /* peers with congested set */
@@ -503,16 +532,8 @@ struct usps {
 
 	/* registry */
 	struct hmap keys;
-	/* The fan-out key the last event's topic found (NULL: none), by the
-	 * topic's JSON text; valid while keys_gen is as it was (registry.c).
-	 * Under ps->lock. */
-	uint64_t keys_gen; /* bumped as keys come and go */
-	struct {
-		struct key *k;
-		uint64_t gen;
-		size_t n;
-		char raw[64];
-	} kc;
+	uint64_t keys_gen;    /* bumped as keys come and go */
+	struct usps__last kc; /* the fan-out key of the last event's topic */
 	uint64_t hash_seed;
 
 	/* outbox, under out_lock */

@@ -173,32 +173,6 @@ static void dec_free(struct dec *d)
 	d->p = NULL;
 }
 
-/*
- * The fan-out key of the topic whose JSON text is @raw, if the last one
- * looked up was the same text and no key came or went since: events come
- * in runs of one topic, and this spares the decode, hash and compare.
- */
-static bool kc_hit(const usps *ps, struct usps__span raw, struct key **ret)
-{
-	if (ps->kc.gen != ps->keys_gen || raw.n != ps->kc.n ||
-	    !usps__same_bytes(raw.p, ps->kc.raw, raw.n))
-		return false;
-	*ret = ps->kc.k;
-	return true;
-}
-
-static void kc_put(usps *ps, struct usps__span raw, struct key *k)
-{
-	if (raw.n > sizeof(ps->kc.raw)) {
-		ps->kc.gen = ps->keys_gen - 1; /* none */
-		return;
-	}
-	memcpy(ps->kc.raw, raw.p, raw.n);
-	ps->kc.n = raw.n;
-	ps->kc.k = k;
-	ps->kc.gen = ps->keys_gen;
-}
-
 int usps__deliver_line(usps *ps, const char *line, size_t len,
 		       const struct usps__frame *f)
 {
@@ -230,12 +204,16 @@ int usps__deliver_line(usps *ps, const char *line, size_t len,
 		usps__sub_dl_ref(s);
 		subs[n++] = s;
 	} else if (f->group_kind == USPS__OPT_ABSENT) {
-		if (!kc_hit(ps, f->topic, &k)) {
+		void *found;
+
+		if (usps__last_hit(&ps->kc, ps->keys_gen, f->topic, &found)) {
+			k = found;
+		} else {
 			r = dec_string(&topic, f->topic);
 			if (r < 0)
 				goto out;
 			k = usps__key_find(ps, topic.p, topic.n, NULL, 0);
-			kc_put(ps, f->topic, k);
+			usps__last_put(&ps->kc, ps->keys_gen, f->topic, k);
 		}
 		if (!k || !k->nsubs)
 			goto out;
