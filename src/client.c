@@ -43,12 +43,7 @@ static void conn_emptied(usps *ps)
 	pthread_mutex_unlock(&ps->out_lock);
 }
 
-/* A record's size in conn_out, size field included, and its header's. */
-static size_t rec_size(const char *rec)
-{
-	return (size_t)usps__get_le32(rec) + 4;
-}
-
+/* The header's size of a record in conn_out. */
 static size_t rec_hlen(const char *rec)
 {
 	return usps__get_le16(rec + 6);
@@ -69,7 +64,7 @@ static ssize_t send_lines(usps *ps)
 							: ps->conn_out.len;
 
 	while (off < end && msg.msg_iovlen < LINES_IOV) {
-		size_t size = rec_size(p + off);
+		size_t size = usps__rec_size(p + off);
 		size_t hlen = rec_hlen(p + off);
 
 		iov[msg.msg_iovlen].iov_base = p + off + hlen + part;
@@ -86,7 +81,7 @@ static void lines_written(usps *ps, size_t n)
 	const char *p = ps->conn_out.p;
 
 	while (n) {
-		size_t size = rec_size(p + ps->conn_off);
+		size_t size = usps__rec_size(p + ps->conn_off);
 		size_t left = size - rec_hlen(p + ps->conn_off) - ps->conn_part;
 
 		if (n < left) {
@@ -276,14 +271,15 @@ static void requeue_unsent(usps *ps)
 		cut = ps->conn_part > 0;
 	} else {
 		off = ps->conn_rec_at;
-		while (off < len && off + rec_size(p + off) <= ps->conn_off)
-			off += rec_size(p + off);
+		while (off < len &&
+		       off + usps__rec_size(p + off) <= ps->conn_off)
+			off += usps__rec_size(p + off);
 		cut = off < ps->conn_off;
 	}
 	if (cut && off < len)
-		off += rec_size(p + off);
+		off += usps__rec_size(p + off);
 	while (off < len) {
-		size_t n = rec_size(p + off);
+		size_t n = usps__rec_size(p + off);
 		size_t hlen = rec_hlen(p + off);
 
 		if (n - hlen > sizeof(pub) - 1 &&

@@ -98,7 +98,7 @@ static void broker_take_outbox(usps *ps)
 	while (ps->route_off < b->len && usps__broker_intake_open(ps)) {
 		const char *rec = b->p + ps->route_off;
 		size_t left = b->len - ps->route_off;
-		size_t n = left < 4 ? left : (size_t)usps__get_le32(rec) + 4;
+		size_t n = left < 4 ? left : usps__rec_size(rec);
 
 		if (n > left)
 			n = left; /* cannot happen: we built them */

@@ -81,12 +81,17 @@ static inline uint32_t usps__get_le32(const void *p)
 	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
 	       (uint32_t)b[3] << 24;
 }
-/* The little-endian u16 at @p (a record's hlen, at offset 6). */
+/* The little-endian u16 at @p (a record's hlen, its narrow spans). */
 static inline uint32_t usps__get_le16(const void *p)
 {
 	const uint8_t *b = p;
 
 	return (uint32_t)b[0] | (uint32_t)b[1] << 8;
+}
+/* The size of the record at @rec, its size field included. */
+static inline size_t usps__rec_size(const void *rec)
+{
+	return (size_t)usps__get_le32(rec) + 4;
 }
 /* Most header bytes a record holds around a line of at most max_frame. */
 #define USPS__REC_OVERHEAD ((size_t)128)

@@ -533,14 +533,6 @@ out:
 }
 
 /*
- * When nothing is queued and the I/O thread is idle (its lock is free), the
- * caller does the I/O thread's work for this one publish: writes the frame
- * to the broker, or as broker routes it. That saves a thread wake-up per
- * hop, which dominates latency. Under load the lock is busy and publishes
- * are batched through the outbox instead. Returns true if it handled the
- * publish (its result in *ret).
- */
-/*
  * Ask for the cache lines the next few records will be written to. The
  * outbox was last read on the I/O thread's core: stores that miss there
  * wait at out_lock's release, which orders them (perf put the most time of
@@ -553,6 +545,14 @@ static void claim_next(const struct usps__buf *b)
 		__builtin_prefetch(b->p + at, 1);
 }
 
+/*
+ * When nothing is queued and the I/O thread is idle (its lock is free), the
+ * caller does the I/O thread's work for this one publish: writes the frame
+ * to the broker, or as broker routes it. That saves a thread wake-up per
+ * hop, which dominates latency. Under load the lock is busy and publishes
+ * are batched through the outbox instead. Returns true if it handled the
+ * publish (its result in *ret).
+ */
 static bool publish_direct(usps *ps, const char *topic, size_t tlen,
 			   const char *type, size_t ylen, const char *run_id,
 			   struct usps__span data, struct usps__span extra,
