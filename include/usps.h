@@ -131,6 +131,13 @@ typedef struct usps_options {
 	/* Also accept peers whose (primary) gid is this (-1: none). Default
 	 * -1. */
 	int64_t allow_gid;
+	/* Between usps processes of one uid, the broker sends to each client
+	 * through a shared-memory ring (a sealed memfd both map) of this many
+	 * bytes instead of through the socket, which then carries only
+	 * wake-ups. As broker: each client's ring; as client: 0 declines
+	 * one. Node peers and other uids always use the socket. Default
+	 * 256 KiB; 0, or a power of two from 4 KiB to 64 MiB. */
+	uint32_t shm_ring_bytes;
 } usps_options;
 
 /* Flags for usps_publish() and usps_publish_ex(). */

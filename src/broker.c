@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -298,8 +299,11 @@ static void peer_kill(usps *ps, struct peer *p)
 	set_congested(ps, p, false);
 }
 
-static void peer_free(struct peer *p)
+static void peer_free(usps *ps, struct peer *p)
 {
+	if (p->ring.hdr)
+		usps__engine_unwatch_fd(ps, p->ring.space_fd);
+	usps__ring_free(&p->ring);
 	if (p->fd >= 0)
 		close(p->fd);
 	usps__reader_free(&p->rd);
@@ -331,7 +335,7 @@ void usps__broker_reap(usps *ps)
 			continue;
 		}
 		drop_memberships(ps, p);
-		peer_free(p);
+		peer_free(ps, p);
 	}
 	ps->npeers = j;
 	if (ps->flush_waiters)
@@ -441,6 +445,19 @@ static void peer_send(usps *ps, struct peer *p, struct out *o)
 
 	if (p->dead)
 		return;
+	/* Into the ring at once if nothing waits before it: one copy. */
+	if (p->ring.hdr && usps__wq_empty(&p->wq)) {
+		int r = usps__ring_put(&p->ring, o->p + (o->n - n), n);
+
+		if (r == 0) {
+			mark_dirty(ps, p);
+			return;
+		}
+		if (r != -ENOSPC) {
+			peer_kill(ps, p);
+			return;
+		}
+	}
 	if (p->wq.queued_bytes + n > cap) {
 		peer_flush(ps, p);
 		if (p->dead)
@@ -471,14 +488,35 @@ static void set_out(usps *ps, struct peer *p, bool on)
 	peer_events(ps, p);
 }
 
+static ssize_t ring_sink(void *arg, const struct iovec *iov, int n)
+{
+	return usps__ring_write(arg, iov, n);
+}
+
+/*
+ * Move @p's queue into its ring. A full ring asks the reader for a
+ * wake-up on space_fd (usps__broker_room()), unless room appeared while
+ * it asked. What usps__wq_drain() returns.
+ */
+static int ring_flush(struct peer *p)
+{
+	int r;
+
+	usps__ring_publish(&p->ring);
+	do
+		r = usps__wq_drain(&p->wq, ring_sink, &p->ring);
+	while (r == -EAGAIN && usps__ring_wait_room(&p->ring));
+	return r;
+}
+
 static void peer_flush(usps *ps, struct peer *p)
 {
 	uint64_t before = p->wq.written_total;
-	int r = usps__wq_flush(&p->wq, p->fd);
+	int r = p->ring.hdr ? ring_flush(p) : usps__wq_flush(&p->wq, p->fd);
 
 	if (p->wq.written_total != before)
 		p->progress_ms = usps__now_ms();
-	if (r == 0)
+	if (r == 0 || (r == -EAGAIN && p->ring.hdr))
 		set_out(ps, p, false);
 	else if (r == -EAGAIN)
 		set_out(ps, p, true);
@@ -786,6 +824,77 @@ static void start_index(usps *ps, struct peer *p)
 	send_line(ps, p, offer, sizeof(offer) - 1);
 }
 
+/*
+ * @p asks for a ring ("usps.ring", wire.h). It gets one if its socket
+ * takes all that is queued for it and then the answer with the ring's
+ * descriptors, in one call; otherwise it is not answered and the socket
+ * carries on (a socket error is found by the next flush). Everything after the answer goes into the ring. An answer
+ * cut short (the client took its descriptors but not all of the line) is
+ * a client not reading a socket just emptied: dropped.
+ */
+static void start_ring(usps *ps, struct peer *p)
+{
+	static const char yes[] = "{\"type\":\"usps.ring\"}\n";
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * USPS__RING_FDS)];
+	} ctl = { 0 };
+	struct iovec iov;
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *c;
+	int fds[USPS__RING_FDS];
+	struct out o;
+	ssize_t w;
+
+	if (p->ring_asked || !p->indexed || p->uid != ps->uid ||
+	    !ps->opt.shm_ring_bytes)
+		return;
+	p->ring_asked = true;
+	/* Errors are left to the next flush: the lines read with this one
+	 * are routed first (a publisher may have sent them and gone). */
+	if (p->dead || usps__wq_flush(&p->wq, p->fd) != 0 ||
+	    usps__ring_create(&p->ring, ps->opt.shm_ring_bytes, fds) < 0)
+		return;
+	if (scratch_start(ps, sizeof(yes) - 1) < 0)
+		goto no_ring;
+	(void)usps__buf_put(&ps->scratch, yes, sizeof(yes) - 1);
+	o = out_of(&ps->scratch, NULL);
+	iov = (struct iovec){ .iov_base = (void *)o.p, .iov_len = o.n };
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	do
+		w = sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (w < 0 && errno == EINTR);
+	if (w < 0)
+		goto no_ring;
+	if ((size_t)w < o.n ||
+	    usps__engine_watch_fd(ps, p->ring.space_fd, &p->room.ioh, EPOLLIN,
+				  false) < 0) {
+		peer_kill(ps, p);
+		goto no_ring;
+	}
+	(void)close(fds[0]);
+	return;
+
+no_ring:
+	(void)close(fds[0]);
+	usps__ring_free(&p->ring);
+}
+
+void usps__broker_room(usps *ps, struct peer *p)
+{
+	if (p->dead || !p->ring.hdr)
+		return;
+	usps__ring_clear(p->ring.space_fd);
+	peer_flush(ps, p);
+}
+
 static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 {
 	struct usps__frame f;
@@ -812,6 +921,9 @@ static void handle_line(usps *ps, struct peer *p, const char *line, size_t n)
 		/* Only from a peer we offered it to: records follow. */
 		if (p->indexed && p->uid == ps->uid)
 			p->rec_in = true;
+		break;
+	case USPS__F_RING:
+		start_ring(ps, p);
 		break;
 	default:
 		break; /* acks, nacks, events, unknown: ignored */
@@ -952,6 +1064,9 @@ struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid)
 	if (!p)
 		return NULL;
 	p->ioh.kind = IOH_PEER;
+	p->room.ioh.kind = IOH_PEER_ROOM;
+	p->room.peer = p;
+	usps__ring_init(&p->ring);
 	p->id = ++ps->next_peer_id;
 	p->fd = fd;
 	p->pid = pid;
@@ -961,7 +1076,7 @@ struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid)
 	if (usps__engine_watch_fd(ps, fd, &p->ioh,
 				  ps->intake_paused ? 0 : EPOLLIN, false) < 0) {
 		p->fd = -1; /* the caller still owns it */
-		peer_free(p);
+		peer_free(ps, p);
 		return NULL;
 	}
 	ps->peers[ps->npeers++] = p;

@@ -19,9 +19,35 @@ static void conn_events(usps *ps)
 {
 	uint32_t ev = ps->conn_paused ? 0 : EPOLLIN;
 
+	if (ps->ring.hdr)
+		(void)usps__engine_watch_fd(ps, ps->ring.wake_fd, &ps->ring_ioh,
+					    ev, true);
 	if (ps->conn_want_out)
 		ev |= EPOLLOUT;
 	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
+}
+
+/* Drop the descriptors of a ring not set up yet. */
+static void drop_ring_fds(usps *ps)
+{
+	for (int i = 0; i < USPS__RING_FDS; i++) {
+		if (ps->conn_ring_fds[i] >= 0)
+			(void)close(ps->conn_ring_fds[i]);
+		ps->conn_ring_fds[i] = -1;
+	}
+}
+
+void usps__client_close(usps *ps)
+{
+	if (ps->ring.hdr)
+		usps__engine_unwatch_fd(ps, ps->ring.wake_fd);
+	usps__ring_free(&ps->ring);
+	drop_ring_fds(ps);
+	ps->conn_ring_asked = false;
+	if (ps->connfd >= 0)
+		close(ps->connfd); /* also leaves the epoll set */
+	ps->connfd = -1;
+	usps__reader_free(&ps->conn_rd);
 }
 
 void usps__client_out_reset(usps *ps)
@@ -203,6 +229,7 @@ void usps__client_take_outbox(usps *ps)
 int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 {
 	static const char ask[] = "{\"type\":\"usps.index\"}\n";
+	static const char ring[] = "{\"type\":\"usps.ring\"}\n";
 	int r;
 
 	ps->connfd = fd;
@@ -211,6 +238,11 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 	ps->conn_ix_asked = false;
 	ps->conn_records = false;
 	ps->conn_rec_out = false;
+	ps->conn_ring_asked = false;
+	ps->ring_signalled = false;
+	usps__ring_init(&ps->ring);
+	for (int i = 0; i < USPS__RING_FDS; i++)
+		ps->conn_ring_fds[i] = -1;
 	usps__reader_init(&ps->conn_rd, ps->opt.max_inbound_frame_bytes);
 	usps__client_out_reset(ps);
 	r = usps__engine_watch_fd(ps, fd, &ps->conn_ioh, EPOLLIN, false);
@@ -228,6 +260,10 @@ int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid)
 	 * before any event. */
 	if (broker_uid == ps->uid && put_plain(ps, ask, sizeof(ask) - 1) == 0)
 		ps->conn_ix_asked = true;
+	/* And a ring, to be read instead of the socket (wire.h). */
+	if (ps->conn_ix_asked && ps->opt.shm_ring_bytes && !ps->conn_ring_off &&
+	    put_plain(ps, ring, sizeof(ring) - 1) == 0)
+		ps->conn_ring_asked = true;
 	/* Announce every membership again; waiters are released by the acks
 	 * of these frames. Unsubscribes in flight are moot on a new broker. */
 	for (size_t b = 0; b < ps->keys.nb; b++) {
@@ -311,9 +347,7 @@ void usps__client_lost(usps *ps)
 {
 	if (ps->role != ROLE_CLIENT)
 		return;
-	close(ps->connfd); /* also leaves the epoll set */
-	ps->connfd = -1;
-	usps__reader_free(&ps->conn_rd);
+	usps__client_close(ps);
 	/* What was written to a dead broker is lost (at most once); what
 	 * was not is sent to the next one. */
 	requeue_unsent(ps);
@@ -389,12 +423,43 @@ static void start_records(usps *ps)
 	usps__client_flush(ps);
 }
 
-static void handle_line(usps *ps, const char *line, size_t n)
+/*
+ * The broker's "usps.ring": its descriptors came with it, and nothing more
+ * may come on the socket. Read the ring from here on. 0, or -EPROTO: the
+ * stream cannot be followed (and rings are not asked for again).
+ */
+static int start_ring(usps *ps)
+{
+	int r;
+
+	if (!ps->conn_ring_asked || ps->ring.hdr)
+		return 0; /* not asked for: no descriptors, nothing moves */
+	if (ps->conn_ring_fds[0] < 0 ||
+	    usps__reader_pending(&ps->conn_rd) > 0) {
+		ps->conn_ring_off = true;
+		return -EPROTO;
+	}
+	r = usps__ring_attach(&ps->ring, ps->conn_ring_fds);
+	for (int i = 0; i < USPS__RING_FDS; i++)
+		ps->conn_ring_fds[i] = -1; /* taken over */
+	if (r < 0 || usps__engine_watch_fd(ps, ps->ring.wake_fd, &ps->ring_ioh,
+					   EPOLLIN, false) < 0) {
+		usps__ring_free(&ps->ring);
+		ps->conn_ring_off = true;
+		return -EPROTO;
+	}
+	/* Whatever the ring holds already is read on its first wake-up. */
+	usps__ring_kick(ps->ring.wake_fd);
+	ps->ring_signalled = true;
+	return 0;
+}
+
+static int handle_line(usps *ps, const char *line, size_t n)
 {
 	struct usps__frame f;
 
 	if (usps__wire_parse(line, n, &f) < 0)
-		return;
+		return 0;
 	switch (f.type) {
 	case USPS__F_SUBSCRIBED:
 		handle_ack(ps, &f, false);
@@ -419,9 +484,12 @@ static void handle_line(usps *ps, const char *line, size_t n)
 		if (ps->conn_records && !ps->conn_rec_out)
 			start_records(ps);
 		break;
+	case USPS__F_RING:
+		return start_ring(ps);
 	default:
 		break;
 	}
+	return 0;
 }
 
 /* One record from the broker. 0, or -EPROTO: the stream cannot be
@@ -436,7 +504,7 @@ static int handle_record(usps *ps, const char *rec, size_t n)
 	if (r == 1 && f.type == USPS__F_EVENT)
 		(void)usps__deliver_line(ps, line, len, &f);
 	else if (r == 0)
-		handle_line(ps, line, len);
+		return handle_line(ps, line, len);
 	return r < 0 ? r : 0;
 }
 
@@ -455,8 +523,8 @@ static int take_frames(usps *ps)
 				r = handle_record(ps, p, n) < 0 ? -EPROTO : 1;
 		} else {
 			r = usps__reader_next(&ps->conn_rd, &p, &n);
-			if (r == 1)
-				handle_line(ps, p, n);
+			if (r == 1 && handle_line(ps, p, n) < 0)
+				r = -EPROTO;
 		}
 		if (r != 1)
 			return r;
@@ -487,48 +555,176 @@ void usps__client_resume(usps *ps)
 	if (q < USPS__DQ_LOW) {
 		ps->conn_paused = false;
 		conn_events(ps);
+		/* A ring left unread asked for no wake-up: make one. */
+		if (ps->ring.hdr) {
+			usps__ring_kick(ps->ring.wake_fd);
+			ps->ring_signalled = true;
+		}
 	}
+}
+
+/*
+ * The socket as a source of bytes: with recvmsg() while a ring is asked
+ * for and not yet set up, so that its descriptors are taken, not lost.
+ * Descriptors that come unasked, or twice, break the stream (-EPROTO).
+ */
+static ssize_t sock_src(void *arg, void *buf, size_t room)
+{
+	usps *ps = arg;
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * USPS__RING_FDS)];
+	} ctl;
+	struct iovec iov = { .iov_base = buf, .iov_len = room };
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	bool bad = false;
+	ssize_t n;
+
+	if (!ps->conn_ring_asked || ps->ring.hdr) {
+		mh.msg_control = NULL;
+		mh.msg_controllen = 0;
+	}
+	do
+		n = recvmsg(ps->connfd, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN
+							       : -errno;
+	for (struct cmsghdr *c = mh.msg_controllen ? CMSG_FIRSTHDR(&mh) : NULL;
+	     c; c = CMSG_NXTHDR(&mh, c)) {
+		size_t nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int fds[USPS__RING_FDS];
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		if (nfd > USPS__RING_FDS)
+			nfd = USPS__RING_FDS; /* more: MSG_CTRUNC */
+		memcpy(fds, CMSG_DATA(c), nfd * sizeof(int));
+		if (nfd != USPS__RING_FDS || ps->conn_ring_fds[0] >= 0) {
+			for (size_t i = 0; i < nfd; i++)
+				(void)close(fds[i]);
+			bad = true;
+			continue;
+		}
+		memcpy(ps->conn_ring_fds, fds, sizeof(fds));
+	}
+	if (bad || (mh.msg_flags & MSG_CTRUNC)) {
+		ps->conn_ring_off = true;
+		return -EPROTO;
+	}
+	return n;
+}
+
+/* The ring as a source of bytes: when it is empty, ask for a wake-up. */
+static ssize_t ring_src(void *arg, void *buf, size_t room)
+{
+	usps *ps = arg;
+	ssize_t n = usps__ring_read(&ps->ring, buf, room);
+
+	if (n != -EAGAIN)
+		return n;
+	if (ps->ring_signalled) {
+		usps__ring_clear(ps->ring.wake_fd);
+		ps->ring_signalled = false;
+	}
+	if (!usps__ring_sleep(&ps->ring))
+		return -EAGAIN;
+	return usps__ring_read(&ps->ring, buf, room);
+}
+
+/*
+ * Take what the broker sent, a few reads at most; the connection is lost
+ * at its end or on a broken stream. Returns false if it stopped with more
+ * maybe left to read.
+ */
+static bool take_input(usps *ps)
+{
+	for (int i = 0; i < 4 && ps->role == ROLE_CLIENT; i++) {
+		ssize_t got;
+		bool held;
+		int r;
+
+		if (backed_up(ps)) {
+			ps->conn_paused = true;
+			conn_events(ps);
+			return true; /* resuming looks again */
+		}
+		/* The socket until the ring's line has been read. */
+		got = ps->ring.hdr ? usps__reader_fill_from(&ps->conn_rd,
+							    ring_src, ps)
+				   : usps__reader_fill_from(&ps->conn_rd,
+							    sock_src, ps);
+		if (got == -EAGAIN)
+			return true;
+		if (got <= 0) {
+			usps__client_lost(ps);
+			return true;
+		}
+		/* Polling on the delivery thread, events may be delivered
+		 * inline from the reader's buffer. */
+		ps->ib_ok = ps->dl_turn;
+		r = take_frames(ps);
+		held = ps->ib_ok && usps__dl_hold(ps, &ps->conn_rd);
+		ps->ib_ok = false;
+		usps__dl_commit(ps);
+		if (r < 0) {
+			/* An oversized frame, or a broken record. */
+			usps__client_lost(ps);
+			return true;
+		}
+		/* Run them before reading more. */
+		if (held) {
+			ps->dl_again = ps->conn_rd.full;
+			break;
+		}
+	}
+	return ps->role != ROLE_CLIENT;
+}
+
+/*
+ * After take_input() returned @done: a ring left with bytes in it has
+ * asked for no wake-up, so its wake_fd must stay readable for epoll to
+ * report it again.
+ */
+static void rewake(usps *ps, bool done)
+{
+	if (done || !ps->ring.hdr || ps->ring_signalled)
+		return;
+	usps__ring_kick(ps->ring.wake_fd);
+	ps->ring_signalled = true;
 }
 
 void usps__client_io(usps *ps, uint32_t events)
 {
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-		for (int i = 0; i < 4 && ps->role == ROLE_CLIENT; i++) {
-			ssize_t got;
-			bool held;
-			int r;
+		if (!ps->ring.hdr) {
+			/* The ring may be set up on the way. */
+			rewake(ps, take_input(ps));
+		} else {
+			/* With a ring, the socket only ends. */
+			char c;
+			ssize_t n = recv(ps->connfd, &c, 1, MSG_DONTWAIT);
 
-			if (backed_up(ps)) {
-				ps->conn_paused = true;
-				conn_events(ps);
-				break;
-			}
-			got = usps__reader_fill(&ps->conn_rd, ps->connfd);
-			if (got == -EAGAIN)
-				break;
-			if (got <= 0) {
+			if (n >= 0 ||
+			    (errno != EAGAIN && errno != EWOULDBLOCK &&
+			     errno != EINTR)) {
 				usps__client_lost(ps);
 				return;
-			}
-			/* Polling on the delivery thread, events may be
-			 * delivered inline from the reader's buffer. */
-			ps->ib_ok = ps->dl_turn;
-			r = take_frames(ps);
-			held = ps->ib_ok && usps__dl_hold(ps, &ps->conn_rd);
-			ps->ib_ok = false;
-			usps__dl_commit(ps);
-			if (r < 0) {
-				/* An oversized frame, or a broken record. */
-				usps__client_lost(ps);
-				return;
-			}
-			/* Run them before reading more. */
-			if (held) {
-				ps->dl_again = ps->conn_rd.full;
-				break;
 			}
 		}
 	}
 	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)
 		usps__client_flush(ps);
+}
+
+void usps__client_ring_io(usps *ps, uint32_t events)
+{
+	if (!ps->ring.hdr)
+		return;
+	if (events & EPOLLIN)
+		ps->ring_signalled = true;
+	rewake(ps, take_input(ps));
 }

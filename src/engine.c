@@ -29,6 +29,11 @@ int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
 	return 0;
 }
 
+void usps__engine_unwatch_fd(usps *ps, int fd)
+{
+	(void)epoll_ctl(ps->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
 static void write_one(int fd)
 {
 	uint64_t one = 1;
@@ -161,7 +166,8 @@ static int next_timeout(usps *ps)
 static bool own_ioh(const usps *ps, const struct ioh *h)
 {
 	return h == &ps->wake_ioh || h == &ps->conn_ioh || h == &ps->ino_ioh ||
-	       h == &ps->lst[0].ioh || h == &ps->lst[1].ioh;
+	       h == &ps->ring_ioh || h == &ps->lst[0].ioh ||
+	       h == &ps->lst[1].ioh;
 }
 
 static void turn(usps *ps, struct epoll_event *evs, int n)
@@ -200,6 +206,15 @@ static void turn(usps *ps, struct epoll_event *evs, int n)
 			break;
 		case IOH_INOTIFY:
 			drain_inotify(ps);
+			break;
+		case IOH_PEER_ROOM:
+			if (ps->role == ROLE_BROKER)
+				usps__broker_room(
+					ps, ((struct peer_room *)h)->peer);
+			break;
+		case IOH_RING:
+			if (ps->role == ROLE_CLIENT)
+				usps__client_ring_io(ps, e);
 			break;
 		}
 	}
@@ -351,9 +366,7 @@ static void *io_main(void *arg)
 		usps__election_resign(ps, true);
 		usps__broker_reset(ps);
 	} else if (ps->role == ROLE_CLIENT) {
-		close(ps->connfd);
-		ps->connfd = -1;
-		usps__reader_free(&ps->conn_rd);
+		usps__client_close(ps);
 		usps__client_out_reset(ps);
 	}
 	usps__engine_set_role(ps, ROLE_JOINING);
@@ -406,8 +419,15 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 	 */
 	if (again && ps->dl_skips < DL_SKIPS) {
 		ps->dl_skips++;
-		evs[0] = (struct epoll_event){ .events = EPOLLIN,
-					       .data.ptr = &ps->conn_ioh };
+		/* A ring's wake_fd is reset only when epoll reports it. */
+		evs[0] =
+			ps->ring.hdr
+				? (struct epoll_event){ .events = 0,
+							.data.ptr =
+								&ps->ring_ioh }
+				: (struct epoll_event){ .events = EPOLLIN,
+							.data.ptr =
+								&ps->conn_ioh };
 		n = 1;
 	} else {
 		ps->dl_skips = 0;

@@ -226,7 +226,25 @@ static int make_room(struct usps__reader *r, size_t want)
  * for a block. A caller that fills again without taking its lines can run
  * into the bound: -ENOBUFS then, rather than unbounded growth.
  */
+static ssize_t read_fd(void *arg, void *buf, size_t room)
+{
+	ssize_t n;
+
+	do {
+		n = read(*(int *)arg, buf, room);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return would_block(errno) ? -EAGAIN : -errno;
+	return n;
+}
+
 ssize_t usps__reader_fill(struct usps__reader *r, int fd)
+{
+	return usps__reader_fill_from(r, read_fd, &fd);
+}
+
+ssize_t usps__reader_fill_from(struct usps__reader *r, usps__source src,
+			       void *arg)
 {
 	size_t limit = reader_limit(r);
 	size_t pending, room;
@@ -250,11 +268,9 @@ ssize_t usps__reader_fill(struct usps__reader *r, int fd)
 	if (room > SSIZE_MAX)
 		room = SSIZE_MAX;
 
-	do {
-		n = read(fd, r->buf + r->len, room);
-	} while (n < 0 && errno == EINTR);
+	n = src(arg, r->buf + r->len, room);
 	if (n < 0)
-		return would_block(errno) ? -EAGAIN : -errno;
+		return n;
 	r->len += (size_t)n;
 	r->got = (size_t)n;
 	r->full = (size_t)n == room;
@@ -561,14 +577,32 @@ static void wq_consume(struct usps__wq *q, size_t w)
 	}
 }
 
+static ssize_t send_fd(void *arg, const struct iovec *iov, int n)
+{
+	struct msghdr mh = { .msg_iov = (struct iovec *)iov,
+			     .msg_iovlen = (size_t)n };
+	ssize_t w;
+
+	do {
+		w = sendmsg(*(int *)arg, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} while (w < 0 && errno == EINTR);
+	if (w < 0)
+		return would_block(errno) ? -EAGAIN : -errno;
+	return w;
+}
+
 int usps__wq_flush(struct usps__wq *q, int fd)
+{
+	return usps__wq_drain(q, send_fd, &fd);
+}
+
+int usps__wq_drain(struct usps__wq *q, usps__sink sink, void *arg)
 {
 	struct iovec iov[WQ_IOV];
 	size_t mask = q->cap - 1;
 
 	for (;;) {
 		size_t n = 0, total = 0;
-		struct msghdr mh;
 		ssize_t w;
 
 		/* Empty chunks at the head need no system call. */
@@ -591,13 +625,9 @@ int usps__wq_flush(struct usps__wq *q, int fd)
 			if (total >= WQ_BATCH)
 				break;
 		}
-		mh = (struct msghdr){ .msg_iov = iov, .msg_iovlen = n };
-		w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return would_block(errno) ? -EAGAIN : -errno;
-		}
+		w = sink(arg, iov, (int)n);
+		if (w < 0)
+			return (int)w;
 		/* No progress on a non-empty batch: wait for EPOLLOUT. */
 		if (w == 0)
 			return -EAGAIN;

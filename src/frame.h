@@ -52,6 +52,17 @@ int usps__reader_swap(struct usps__reader *r, char **buf, size_t *cap);
 ssize_t usps__reader_fill(struct usps__reader *r, int fd);
 
 /*
+ * A source of bytes for usps__reader_fill_from(): up to @room bytes into
+ * @buf. Returns the bytes stored (> 0), 0 at the end of the stream, or a
+ * negative errno (-EAGAIN: nothing is ready).
+ */
+typedef ssize_t (*usps__source)(void *arg, void *buf, size_t room);
+/* usps__reader_fill() from @src(@arg) instead of a fd; returns what it
+ * returns. */
+ssize_t usps__reader_fill_from(struct usps__reader *r, usps__source src,
+			       void *arg);
+
+/*
  * usps__reader_feed() - append @n bytes from memory (tests, fuzzing).
  * Returns 0 or -ENOMEM.
  */
@@ -172,5 +183,15 @@ static inline bool usps__wq_empty(const struct usps__wq *q)
  * gone). Uses MSG_NOSIGNAL semantics: never raises SIGPIPE.
  */
 int usps__wq_flush(struct usps__wq *q, int fd);
+/*
+ * Where usps__wq_drain() writes: the first bytes of @iov[0..n) it takes.
+ * Returns the bytes taken (0: no room now), or a negative errno (-EAGAIN:
+ * no room now).
+ */
+struct iovec;
+typedef ssize_t (*usps__sink)(void *arg, const struct iovec *iov, int n);
+/* usps__wq_flush() into @sink(@arg) instead of a fd; returns what it
+ * returns. */
+int usps__wq_drain(struct usps__wq *q, usps__sink sink, void *arg);
 
 #endif /* USPS_FRAME_H */

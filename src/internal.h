@@ -24,6 +24,7 @@
 
 #include "usps.h"
 #include "frame.h"
+#include "ring.h"
 #include "wire.h"
 
 /* What an epoll registration points at: the first member of its owner. */
@@ -33,6 +34,8 @@ enum ioh_kind {
 	IOH_PEER,
 	IOH_CONN,
 	IOH_INOTIFY,
+	IOH_PEER_ROOM, /* a peer's ring has room (struct peer.room) */
+	IOH_RING,      /* bytes in the client's ring (ps->ring_ioh) */
 };
 
 struct ioh {
@@ -242,8 +245,16 @@ struct peer {
 	bool has_lines;	     /* complete lines left unread in rd */
 	bool indexed;	     /* sent records (wire.h "usps.index") */
 	bool rec_in;	     /* sends records (wire.h "usps.records") */
+	bool ring_asked;     /* sent "usps.ring" (wire.h) */
 	int64_t progress_ms; /* last time its queue moved (or congested) */
 	struct peer *dirty_next;
+	/* Its queue goes into this ring (ring.hdr set) instead of the
+	 * socket; room.ioh watches the ring's space_fd. */
+	struct usps__ring ring;
+	struct peer_room {
+		struct ioh ioh;
+		struct peer *peer;
+	} room;
 };
 
 int usps__broker_accept(usps *ps, int lfd);
@@ -251,6 +262,8 @@ int usps__broker_accept(usps *ps, int lfd);
  * ENOMEM or a failed epoll registration (@fd is left open then). */
 struct peer *usps__broker_add_peer(usps *ps, int fd, pid_t pid, uid_t uid);
 void usps__broker_peer_io(usps *ps, struct peer *p, uint32_t events);
+/* The reader of @p's ring took bytes after we asked (space_fd). */
+void usps__broker_room(usps *ps, struct peer *p);
 /*
  * Route the broker's own publish in the record @rec of @n bytes (wire.h),
  * as usps_publish() built it. Called with ps->lock held.
@@ -286,6 +299,10 @@ int usps__broker_adopt_keys(usps *ps);
 /* ---- client side (client.c) ---- */
 
 void usps__client_io(usps *ps, uint32_t events);
+/* Events on the ring's wake_fd (0: a turn that polls it again). */
+void usps__client_ring_io(usps *ps, uint32_t events);
+/* Close the connection and its ring (the handle stays a client). */
+void usps__client_close(usps *ps);
 /* Connected to the broker @broker_pid of @broker_uid: ask for indexed
  * frames (same uid only), announce every key, then the outbox may flow. */
 int usps__client_start(usps *ps, int fd, pid_t broker_pid, uid_t broker_uid);
@@ -418,6 +435,9 @@ void usps__engine_set_role(usps *ps, enum role role);
 void usps__engine_rejoin(usps *ps, int delay_ms);
 int usps__engine_watch_fd(usps *ps, int fd, struct ioh *h, uint32_t events,
 			  bool modify);
+/* Stop watching @fd: needed before closing a descriptor whose file another
+ * process holds too (a ring's eventfd), which closing does not remove. */
+void usps__engine_unwatch_fd(usps *ps, int fd);
 
 /* The cache line size assumed for keeping hot fields apart. */
 #define USPS__CACHE_LINE 64
@@ -525,9 +545,18 @@ struct usps {
 	size_t conn_rec_at;
 	bool conn_rec_out; /* sent "usps.records" on this connection */
 	bool conn_want_out;
-	bool conn_paused;      /* reading stopped: deliveries backed up */
-	bool conn_ix_asked;    /* sent "usps.index" on this connection */
-	bool conn_records;     /* the broker said yes: records from here on */
+	bool conn_paused;     /* reading stopped: deliveries backed up */
+	bool conn_ix_asked;   /* sent "usps.index" on this connection */
+	bool conn_records;    /* the broker said yes: records from here on */
+	bool conn_ring_asked; /* sent "usps.ring" on this connection */
+	bool conn_ring_off;   /* a ring failed: ask no more (this handle) */
+	/* The descriptors that came with the broker's "usps.ring", until its
+	 * line is read (-1: none); then the ring, read instead of the socket,
+	 * with ring_ioh on its wake_fd. */
+	int conn_ring_fds[USPS__RING_FDS];
+	struct usps__ring ring;
+	struct ioh ring_ioh;
+	bool ring_signalled; /* wake_fd is readable: reset it before sleeping */
 	uint64_t conn_out_end; /* outbox position when conn_out empties */
 
 	/* registry */

@@ -48,6 +48,7 @@ void usps_options_init(usps_options *opt)
 		.max_memberships_per_client = 65536,
 		.allow_uid = -1,
 		.allow_gid = -1,
+		.shm_ring_bytes = 256u << 10,
 	};
 }
 
@@ -74,6 +75,11 @@ static int check_options(const usps_options *o)
 	if (o->allow_uid < -1 || o->allow_uid > (int64_t)UINT32_MAX - 1)
 		return -EINVAL;
 	if (o->allow_gid < -1 || o->allow_gid > (int64_t)UINT32_MAX - 1)
+		return -EINVAL;
+	if (o->shm_ring_bytes &&
+	    (o->shm_ring_bytes < USPS__RING_MIN ||
+	     o->shm_ring_bytes > USPS__RING_MAX ||
+	     (o->shm_ring_bytes & (o->shm_ring_bytes - 1))))
 		return -EINVAL;
 	return 0;
 }
@@ -215,6 +221,11 @@ int usps_open(usps **ret, const char *socket_path, const usps_options *opt)
 	ps->wake_ioh.kind = IOH_WAKE;
 	ps->lst[0].ioh.kind = ps->lst[1].ioh.kind = IOH_LISTEN;
 	ps->conn_ioh.kind = IOH_CONN;
+	ps->ring_ioh.kind = IOH_RING;
+	usps__ring_init(&ps->ring);
+	usps__ring_init(&ps->self.ring);
+	for (int i = 0; i < USPS__RING_FDS; i++)
+		ps->conn_ring_fds[i] = -1;
 	ps->ino_ioh.kind = IOH_INOTIFY;
 	ps->path_len = strlen(socket_path);
 	ps->path = strdup(socket_path);

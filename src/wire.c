@@ -1179,6 +1179,7 @@ static const struct {
 	{ { "usps.refused", 12 }, USPS__F_REFUSED },
 	{ { "usps.index", 10 }, USPS__F_INDEX },
 	{ { "usps.records", 12 }, USPS__F_RECORDS },
+	{ { "usps.ring", 9 }, USPS__F_RING },
 };
 
 static enum usps__frame_type frame_type(struct usps__span v)

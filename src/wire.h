@@ -141,6 +141,17 @@ enum usps__frame_type {
 	 * asked for indexed frames; from any other peer it is ignored.
 	 */
 	USPS__F_RECORDS,
+	/*
+	 * "usps.ring": a usps extension (ring.h). A usps client of the
+	 * broker's uid that asked for indexed frames may send the line
+	 * {"type":"usps.ring"} next: it can read a shared-memory ring. A
+	 * broker that makes one answers with the same frame, a plain record
+	 * sent alone with the ring's three descriptors (SCM_RIGHTS), and
+	 * sends nothing more on the socket: everything after it goes through
+	 * the ring. A broker that does not answers nothing, and the socket
+	 * carries on. From any other peer it is ignored.
+	 */
+	USPS__F_RING,
 };
 
 /* How a "group" (or "localOnly") member was given. */

@@ -558,6 +558,9 @@ static int accept_asked(int lfd, struct raw_reader *rr, char *line, size_t cap)
 	if (fd >= 0) {
 		CHECK_EQ_INT(raw_line(fd, rr, line, cap, 5000), 1);
 		CHECK_EQ_STR(line, "{\"type\":\"usps.index\"}");
+		/* And a ring, which this broker never answers. */
+		CHECK_EQ_INT(raw_line(fd, rr, line, cap, 5000), 1);
+		CHECK_EQ_STR(line, "{\"type\":\"usps.ring\"}");
 	}
 	return fd;
 }
