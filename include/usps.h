@@ -135,8 +135,11 @@ typedef struct usps_options {
 	 * through a shared-memory ring (a sealed memfd both map) of this many
 	 * bytes instead of through the socket, which then carries only
 	 * wake-ups. As broker: each client's ring; as client: 0 declines
-	 * one. Node peers and other uids always use the socket. Default
-	 * 256 KiB; 0, or a power of two from 4 KiB to 64 MiB. */
+	 * one. Node peers and other uids always use the socket. A ring's
+	 * pages, once written, count in the RSS of both processes (the
+	 * broker's grows by up to this much per busy client), where a
+	 * socket's buffers are kernel memory. Default 256 KiB; 0, or a
+	 * power of two from 4 KiB to 64 MiB. */
 	uint32_t shm_ring_bytes;
 } usps_options;
 
