@@ -9,9 +9,11 @@
  * must be what a parse of the line finds. Both are of the broker's uid, so
  * the hostile one may send records too ("usps.records"), which the broker
  * forwards on trust (wire.h): once it has, what the others get must still
- * be whole lines and records with their spans in them, but not valid JSON. The broker itself is
- * subscribed too, so its own deliveries are exercised. Also replayed over
- * fuzz/corpus/broker/ as an ordinary test in every build.
+ * be whole lines and records with their spans in them, but not valid JSON.
+ * The good client reads through a ring, as usps clients do; the hostile
+ * one may ask for one too. The broker itself is subscribed too, so its own
+ * deliveries are exercised. Also replayed over fuzz/corpus/broker/ as an
+ * ordinary test in every build.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -27,6 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char good_subs[] =
 	"{\"type\":\"usps.index\"}\n"
+	"{\"type\":\"usps.ring\"}\n"
 	"{\"type\":\"subscribe\",\"topic\":\"t\"}\n"
 	"{\"type\":\"subscribe\",\"topic\":\"t\",\"group\":\"g\"}\n";
 
@@ -139,19 +143,70 @@ static void check_record(const char *rec, size_t n, bool trusting)
 }
 
 /*
- * Everything the broker wrote to @fd must be whole JSON objects, then
- * records of them after a "usps.index" line (which @indexed requires).
+ * What the broker wrote to @fd, and then to the ring whose descriptors
+ * came on it, if any, into @buf (of @cap bytes). Returns the bytes, and
+ * in *@ret_ring whether a ring came.
+ */
+static size_t take_output(int fd, char *buf, size_t cap, bool *ret_ring)
+{
+	int fds[USPS__RING_FDS];
+	struct usps__ring r;
+	size_t len = 0;
+	ssize_t n;
+
+	*ret_ring = false;
+	for (;;) {
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int) * USPS__RING_FDS)];
+		} ctl;
+		struct iovec iov = { .iov_base = buf + len,
+				     .iov_len = cap - len };
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		struct cmsghdr *c;
+
+		n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		c = CMSG_FIRSTHDR(&mh);
+		if (!c || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		/* The broker sends one ring, of three descriptors. */
+		if (*ret_ring || c->cmsg_len != CMSG_LEN(sizeof(fds)))
+			abort();
+		memcpy(fds, CMSG_DATA(c), sizeof(fds));
+		*ret_ring = true;
+	}
+	if (!*ret_ring)
+		return len;
+	if (usps__ring_attach(&r, fds) < 0)
+		abort();
+	while (len < cap && (n = usps__ring_read(&r, buf + len, cap - len)) > 0)
+		len += (size_t)n;
+	if (n == -EPROTO)
+		abort();
+	usps__ring_free(&r);
+	return len;
+}
+
+/*
+ * Everything the broker wrote to @fd (and to its ring) must be whole JSON
+ * objects, then records of them after a "usps.index" line (which @indexed
+ * requires, and a ring too).
  */
 static void check_output(int fd, bool indexed, bool trusting)
 {
 	static char buf[1 << 21];
 	static const char yes[] = "{\"type\":\"usps.index\"}";
-	size_t len = 0;
-	ssize_t n;
-	bool records = false;
+	bool records = false, ring;
+	size_t len = take_output(fd, buf, sizeof(buf), &ring);
 
-	while ((n = recv(fd, buf + len, sizeof(buf) - len, MSG_DONTWAIT)) > 0)
-		len += (size_t)n;
+	if (indexed && !ring)
+		abort(); /* asked for at once: the broker had no cause to say no */
 	for (size_t off = 0; off < len;) {
 		char *nl;
 

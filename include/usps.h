@@ -289,7 +289,7 @@ USPS_API int usps_publish_ex(usps *ps, const char *topic, const char *type,
  *
  * As client: every byte queued before the call has been written to the
  * broker's socket. As broker: those events are routed and written to every
- * client's socket (or that client was dropped). In both roles: local
+ * client's socket or ring (or that client was dropped). In both roles: local
  * deliveries queued before the call have been handed to their handlers
  * (skipped when called from a handler, which would wait on itself).
  * @timeout_ms < 0 waits without limit. Returns 0, -ETIMEDOUT, -EINVAL (NULL

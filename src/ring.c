@@ -79,19 +79,25 @@ void usps__ring_init(struct usps__ring *r)
 	*r = (struct usps__ring){ .wake_fd = -1, .space_fd = -1 };
 }
 
-static void map_at(struct usps__ring *r, void *map, size_t size)
+/* Map @size data bytes of the memfd @mfd, with their indices, into @r. */
+static int map_ring(struct usps__ring *r, int mfd, size_t size)
 {
+	void *map = mmap(NULL, HDR_BYTES + size, PROT_READ | PROT_WRITE,
+			 MAP_SHARED, mfd, 0);
+
+	if (map == MAP_FAILED)
+		return -errno;
 	r->hdr = map;
 	r->data = (unsigned char *)map + HDR_BYTES;
 	r->size = size;
 	r->map_len = HDR_BYTES + size;
+	return 0;
 }
 
 int usps__ring_create(struct usps__ring *r, size_t size,
 		      int ret_fds[USPS__RING_FDS])
 {
 	int mfd, ret;
-	void *map;
 
 	usps__ring_init(r);
 	if (!size_ok(size))
@@ -105,13 +111,9 @@ int usps__ring_create(struct usps__ring *r, size_t size,
 		ret = -errno;
 		goto close_memfd;
 	}
-	map = mmap(NULL, HDR_BYTES + size, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   mfd, 0);
-	if (map == MAP_FAILED) {
-		ret = -errno;
+	ret = map_ring(r, mfd, size);
+	if (ret < 0)
 		goto close_memfd;
-	}
-	map_at(r, map, size);
 	r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	r->space_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (r->wake_fd < 0 || r->space_fd < 0) {
@@ -134,7 +136,6 @@ int usps__ring_attach(struct usps__ring *r, const int fds[USPS__RING_FDS])
 	int mfd = fds[0], seals, ret;
 	struct stat st;
 	size_t size;
-	void *map;
 
 	usps__ring_init(r);
 	if (fstat(mfd, &st) < 0) {
@@ -152,14 +153,10 @@ int usps__ring_attach(struct usps__ring *r, const int fds[USPS__RING_FDS])
 		ret = -EPROTO;
 		goto close_all;
 	}
-	map = mmap(NULL, HDR_BYTES + size, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   mfd, 0);
-	if (map == MAP_FAILED) {
-		ret = -errno;
+	ret = map_ring(r, mfd, size);
+	if (ret < 0)
 		goto close_all;
-	}
 	(void)close(mfd);
-	map_at(r, map, size);
 	r->pos = atomic_load_explicit(&r->hdr->tail, memory_order_acquire);
 	r->wake_fd = fds[1];
 	r->space_fd = fds[2];

@@ -180,6 +180,9 @@ TEST(ring_between_handles)
 	CHECK_EQ_INT(usps_subscribe(d, "t", NULL, col_handler, &cd, &s), 0);
 	CHECK_EQ_INT(count_rings(), base + 2);
 	CHECK_EQ_INT(PUB(b, "t", "one"), 0);
+	/* Two publishers: the second only once the first has arrived. */
+	CHECK_EQ_INT(col_wait(&cc, 1, 5000), 1);
+	CHECK_EQ_INT(col_wait(&cd, 1, 5000), 1);
 	CHECK_EQ_INT(PUB(d, "t", "two"), 0);
 	CHECK_EQ_INT(col_wait(&cc, 2, 5000), 2);
 	CHECK_EQ_INT(col_wait(&cd, 2, 5000), 2);
