@@ -697,23 +697,45 @@ static void rewake(usps *ps, bool done)
 	ps->ring_signalled = true;
 }
 
+/*
+ * With a ring, the socket only ends (bytes on it break the stream). What
+ * the broker put in the ring before it went is read first, as a socket's
+ * bytes would be; the connection is lost once the ring is empty. Returns
+ * true if it is lost.
+ */
+static bool ring_ended(usps *ps)
+{
+	char c;
+	ssize_t n = recv(ps->connfd, &c, 1, MSG_DONTWAIT);
+	bool done;
+
+	if (n < 0 &&
+	    (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return false;
+	if (n > 0) {
+		usps__client_lost(ps);
+		return true;
+	}
+	done = take_input(ps);
+	if (ps->role != ROLE_CLIENT)
+		return true;
+	/* Paused: resuming reads on, and the end is reported again. */
+	if (done && !ps->conn_paused) {
+		usps__client_lost(ps);
+		return true;
+	}
+	rewake(ps, done);
+	return false;
+}
+
 void usps__client_io(usps *ps, uint32_t events)
 {
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
 		if (!ps->ring.hdr) {
 			/* The ring may be set up on the way. */
 			rewake(ps, take_input(ps));
-		} else {
-			/* With a ring, the socket only ends. */
-			char c;
-			ssize_t n = recv(ps->connfd, &c, 1, MSG_DONTWAIT);
-
-			if (n >= 0 ||
-			    (errno != EAGAIN && errno != EWOULDBLOCK &&
-			     errno != EINTR)) {
-				usps__client_lost(ps);
-				return;
-			}
+		} else if (ring_ended(ps)) {
+			return;
 		}
 	}
 	if ((events & EPOLLOUT) && ps->role == ROLE_CLIENT)

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #include "ring.h"
+#include "wire.h"
 
 static char path[PATH_MAX];
 
@@ -361,6 +362,144 @@ TEST(ring_lying_tail_drops_reader)
 	col_free(&cc);
 }
 
+/* A fake broker of our uid, on its own thread: it answers one client's
+ * "usps.index" and "usps.ring", acknowledges its subscription through the
+ * ring, then (told to through @go) puts three events in the ring, with no
+ * wake-up, and is gone. */
+struct fake {
+	int lfd;
+	int go[2];
+	pthread_t th;
+	int ok;
+};
+
+static int put_rec(struct usps__ring *r, const char *line)
+{
+	uint8_t head[USPS__REC_WIDE];
+	size_t n = strlen(line);
+	size_t hlen = usps__rec_head(head, n, NULL);
+
+	if (usps__ring_put(r, head, hlen) < 0 || usps__ring_put(r, line, n) < 0)
+		return -ENOSPC;
+	return usps__ring_put(r, "\n", 1);
+}
+
+static void *fake_main(void *arg)
+{
+	static const char yes[] = "{\"type\":\"usps.index\"}\n";
+	struct fake *f = arg;
+	struct raw_reader rr = { 0 };
+	struct usps__ring r;
+	char line[512], b;
+	int fds[USPS__RING_FDS];
+	struct pollfd p = { .fd = f->lfd, .events = POLLIN };
+	int fd;
+
+	if (poll(&p, 1, 5000) != 1)
+		return NULL;
+	fd = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	if (raw_line(fd, &rr, line, sizeof(line), 5000) != 1 ||
+	    raw_line(fd, &rr, line, sizeof(line), 5000) != 1 ||
+	    strcmp(line, "{\"type\":\"usps.ring\"}") != 0 ||
+	    raw_sends(fd, yes) < 0 || usps__ring_create(&r, 4096, fds) < 0)
+		goto close_fd;
+	{
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(fds))];
+		} ctl = { 0 };
+		uint8_t head[USPS__REC_WIDE];
+		char rec[64];
+		size_t hlen = usps__rec_head(head, 20, NULL);
+		struct iovec iov = { .iov_base = rec, .iov_len = hlen + 21 };
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+		memcpy(rec, head, hlen);
+		memcpy(rec + hlen, "{\"type\":\"usps.ring\"}\n", 21);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(fds));
+		memcpy(CMSG_DATA(c), fds, sizeof(fds));
+		if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
+			goto free_ring;
+		close(fds[0]);
+	}
+	if (raw_line(fd, &rr, line, sizeof(line), 5000) != 1 ||
+	    strcmp(line, "{\"type\":\"subscribe\",\"topic\":\"t\"}") != 0 ||
+	    put_rec(&r, "{\"type\":\"subscribed\",\"topic\":\"t\"}") < 0)
+		goto free_ring;
+	usps__ring_publish(&r);
+	/* Told to go on: three events, and nobody told of them. */
+	if (read(f->go[0], &b, 1) != 1)
+		goto free_ring;
+	*(volatile uint32_t *)((char *)r.hdr + 64) = 0;
+	for (int i = 0; i < 3; i++) {
+		char ev[128];
+
+		snprintf(ev, sizeof(ev),
+			 "{\"type\":\"event\",\"topic\":\"t\",\"event\":"
+			 "{\"type\":\"last-%d\",\"data\":1}}",
+			 i);
+		if (put_rec(&r, ev) < 0)
+			goto free_ring;
+	}
+	usps__ring_publish(&r);
+	f->ok = 1;
+free_ring:
+	usps__ring_free(&r);
+close_fd:
+	close(fd);
+	return NULL;
+}
+
+/*
+ * A broker that goes leaves what it put in the ring, as it would leave
+ * bytes in a socket: the client reads them before it looks for another.
+ */
+TEST(ring_outlives_its_broker)
+{
+	struct fake f = { .ok = 0 };
+	usps_options o;
+	struct col cc;
+	usps_sub *s;
+	usps *c;
+
+	col_init(&cc);
+	usps_options_init(&o);
+	o.open_timeout_ms = 5000;
+	REQUIRE(pipe2(f.go, O_CLOEXEC) == 0);
+	f.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(f.lfd >= 0);
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock());
+		REQUIRE(bind(f.lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+		REQUIRE(listen(f.lfd, 8) == 0);
+	}
+	REQUIRE(pthread_create(&f.th, NULL, fake_main, &f) == 0);
+	REQUIRE(usps_open(&c, sock(), &o) == 0);
+	CHECK_EQ_INT(usps_subscribe(c, "t", NULL, col_handler, &cc, &s), 0);
+	/* No broker left once it is gone: the client will elect itself. */
+	close(f.lfd);
+	CHECK(write(f.go[1], "g", 1) == 1);
+	pthread_join(f.th, NULL);
+	CHECK_EQ_INT(f.ok, 1);
+	CHECK_EQ_INT(col_wait(&cc, 3, 5000), 3);
+	CHECK_EQ_STR(cc.type[0], "last-0");
+	CHECK_EQ_STR(cc.type[2], "last-2");
+	CHECK_EQ_INT(usps_close(c), 0);
+	close(f.go[0]);
+	close(f.go[1]);
+	col_free(&cc);
+}
+
 int main(void)
 {
 	RUN(ring_both_ends);
@@ -368,5 +507,6 @@ int main(void)
 	RUN(ring_between_handles);
 	RUN(ring_smaller_than_events);
 	RUN(ring_lying_tail_drops_reader);
+	RUN(ring_outlives_its_broker);
 	return harness_end();
 }
