@@ -426,9 +426,11 @@ static void *fake_main(void *arg)
 		c->cmsg_type = SCM_RIGHTS;
 		c->cmsg_len = CMSG_LEN(sizeof(fds));
 		memcpy(CMSG_DATA(c), fds, sizeof(fds));
-		if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
-			goto free_ring;
+		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+
 		close(fds[0]);
+		if (w != (ssize_t)iov.iov_len)
+			goto free_ring;
 	}
 	if (raw_line(fd, &rr, line, sizeof(line), 5000) != 1 ||
 	    strcmp(line, "{\"type\":\"subscribe\",\"topic\":\"t\"}") != 0 ||
