@@ -828,9 +828,10 @@ static void start_index(usps *ps, struct peer *p)
  * @p asks for a ring ("usps.ring", wire.h). It gets one if its socket
  * takes all that is queued for it and then the answer with the ring's
  * descriptors, in one call; otherwise it is not answered and the socket
- * carries on (a socket error is found by the next flush). Everything after the answer goes into the ring. An answer
- * cut short (the client took its descriptors but not all of the line) is
- * a client not reading a socket just emptied: dropped.
+ * carries on (a socket error is found by the next flush). Everything after
+ * the answer goes into the ring. An answer cut short (the client took its
+ * descriptors but not all of the line) is a client not reading a socket
+ * just emptied: dropped.
  */
 static void start_ring(usps *ps, struct peer *p)
 {

@@ -27,6 +27,20 @@ static void conn_events(usps *ps)
 	(void)usps__engine_watch_fd(ps, ps->connfd, &ps->conn_ioh, ev, true);
 }
 
+/*
+ * A ring that may hold bytes unread has asked for no wake-up: make its
+ * wake_fd readable, so that epoll reports it again, unless it is already
+ * (ring_signalled) or @done says the ring was read empty (take_input(),
+ * which then asked for a wake-up).
+ */
+static void rewake(usps *ps, bool done)
+{
+	if (done || !ps->ring.hdr || ps->ring_signalled)
+		return;
+	usps__ring_kick(ps->ring.wake_fd);
+	ps->ring_signalled = true;
+}
+
 /* Drop the descriptors of a ring not set up yet. */
 static void drop_ring_fds(usps *ps)
 {
@@ -449,8 +463,7 @@ static int start_ring(usps *ps)
 		return -EPROTO;
 	}
 	/* Whatever the ring holds already is read on its first wake-up. */
-	usps__ring_kick(ps->ring.wake_fd);
-	ps->ring_signalled = true;
+	rewake(ps, false);
 	return 0;
 }
 
@@ -556,10 +569,7 @@ void usps__client_resume(usps *ps)
 		ps->conn_paused = false;
 		conn_events(ps);
 		/* A ring left unread asked for no wake-up: make one. */
-		if (ps->ring.hdr) {
-			usps__ring_kick(ps->ring.wake_fd);
-			ps->ring_signalled = true;
-		}
+		rewake(ps, false);
 	}
 }
 
@@ -682,19 +692,6 @@ static bool take_input(usps *ps)
 		}
 	}
 	return ps->role != ROLE_CLIENT;
-}
-
-/*
- * After take_input() returned @done: a ring left with bytes in it has
- * asked for no wake-up, so its wake_fd must stay readable for epoll to
- * report it again.
- */
-static void rewake(usps *ps, bool done)
-{
-	if (done || !ps->ring.hdr || ps->ring_signalled)
-		return;
-	usps__ring_kick(ps->ring.wake_fd);
-	ps->ring_signalled = true;
 }
 
 /*

@@ -419,15 +419,15 @@ bool usps__engine_dl_poll(usps *ps, int timeout_ms)
 	 */
 	if (again && ps->dl_skips < DL_SKIPS) {
 		ps->dl_skips++;
-		/* A ring's wake_fd is reset only when epoll reports it. */
-		evs[0] =
-			ps->ring.hdr
-				? (struct epoll_event){ .events = 0,
-							.data.ptr =
-								&ps->ring_ioh }
-				: (struct epoll_event){ .events = EPOLLIN,
-							.data.ptr =
-								&ps->conn_ioh };
+		/* A ring's wake_fd is reset only when epoll reports it:
+		 * no EPOLLIN for it. */
+		if (ps->ring.hdr)
+			evs[0] = (struct epoll_event){ .data.ptr =
+							       &ps->ring_ioh };
+		else
+			evs[0] = (struct epoll_event){ .events = EPOLLIN,
+						       .data.ptr =
+							       &ps->conn_ioh };
 		n = 1;
 	} else {
 		ps->dl_skips = 0;

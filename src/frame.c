@@ -219,13 +219,6 @@ static int make_room(struct usps__reader *r, size_t want)
 	return 0;
 }
 
-/*
- * Reads at most what keeps the buffer within max_frame + READ_BLOCK. Used
- * as meant (next() until it returns 0 between fills), the bytes held before
- * a fill are a partial line of at most max_frame, so there is always room
- * for a block. A caller that fills again without taking its lines can run
- * into the bound: -ENOBUFS then, rather than unbounded growth.
- */
 static ssize_t read_fd(void *arg, void *buf, size_t room)
 {
 	ssize_t n;
@@ -243,6 +236,13 @@ ssize_t usps__reader_fill(struct usps__reader *r, int fd)
 	return usps__reader_fill_from(r, read_fd, &fd);
 }
 
+/*
+ * Reads at most what keeps the buffer within max_frame + READ_BLOCK. Used
+ * as meant (next() until it returns 0 between fills), the bytes held before
+ * a fill are a partial line of at most max_frame, so there is always room
+ * for a block. A caller that fills again without taking its lines can run
+ * into the bound: -ENOBUFS then, rather than unbounded growth.
+ */
 ssize_t usps__reader_fill_from(struct usps__reader *r, usps__source src,
 			       void *arg)
 {
