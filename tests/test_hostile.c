@@ -145,6 +145,12 @@ TEST(deep_nesting)
 	memset(buf + n + depth, ']', depth);
 	memcpy(buf + n + 2 * depth, "}}\n", 3);
 	CHECK_EQ_INT(raw_send(fd, buf, (size_t)n + 2 * depth + 3), 0);
+	/* The same peer's next publish arrives only after the deep one was
+	 * handled: the checks below then see its outcome. */
+	CHECK_EQ_INT(raw_sends(fd, "{\"type\":\"publish\",\"topic\":\"t\","
+				   "\"event\":{\"type\":\"after-raw\"}}\n"),
+		     0);
+	CHECK(col_wait_type(&x.cc, "after-raw", 5000));
 	still_works(x.b, &x.cc, "after-deep");
 	CHECK(!col_has(&x.cc, "deep"));
 	CHECK_EQ_INT(usps_remote_client_count(x.b), 2);
